@@ -1,0 +1,2 @@
+//! cowbench: copy-on-write benchmark across union filesystem backends.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The strata container runtime library behind the `strata` binary.

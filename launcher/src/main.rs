@@ -1,0 +1,2 @@
+//! `strata`: the user command line.
+fn main() {}

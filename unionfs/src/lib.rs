@@ -1,0 +1,1 @@
+//! Union filesystem over FUSE: N read-only lowers plus one writable upper.

@@ -1,0 +1,2 @@
+//! `unionfs`: the mount program.
+fn main() {}
