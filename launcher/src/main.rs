@@ -1,2 +1,5 @@
-//! `strata`: the user command line.
-fn main() {}
+//! `strata`: the user command line. Parsing lives in `launcher::cli`.
+
+fn main() -> std::process::ExitCode {
+    launcher::cli::main()
+}
