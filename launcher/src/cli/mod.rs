@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 pub mod container;
 pub mod image;
 pub mod network;
+pub mod registry;
 pub mod store;
 pub mod system;
 pub mod volume;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Container commands (run, create, start, ps, exec...).
     #[command(flatten)]
     Container(container::Command),
+    /// Registry commands (pull, push, login, logout).
+    #[command(flatten)]
+    Registry(registry::Command),
     /// Manage images.
     #[command(subcommand)]
     Image(image::Command),
@@ -111,6 +115,7 @@ pub fn main() -> ExitCode {
         .try_init();
     let result = match cli.command {
         Command::Container(cmd) => container::run(cmd, &cli.globals),
+        Command::Registry(cmd) => registry::run(cmd, &cli.globals),
         Command::Image(cmd) => image::run(cmd, &cli.globals),
         Command::Store(cmd) => store::run(cmd, &cli.globals),
         Command::Network(cmd) => network::run(cmd, &cli.globals),
