@@ -1,0 +1,1 @@
+//! OCI image layouts and docker-save archives (filled in below).
