@@ -1,0 +1,1604 @@
+//! FUSE glue: the `fuser::Filesystem` implementation over [`Union`].
+//!
+//! Hot paths (lookup, getattr, read) take no global lock: nodes live in a
+//! sharded map, each node has its own lock, open files are in another
+//! sharded map. Entries that come only from immutable lowers get long
+//! kernel cache lifetimes and `keep_cache`; everything in the upper gets a
+//! short one. File data goes through FUSE passthrough when the kernel and
+//! privileges allow it, else through the page cache (writeback cache on).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+
+use crate::inode::{Backing, Node, UpperRef, ROOT_INO};
+use crate::layer::{is_private_xattr, EntryKind, LayerAttr, LayerData};
+use crate::sys::{self, Time};
+use crate::union::{errno, DirEnt, Res, Union};
+use crate::whiteout;
+
+/// TTL for entries that come only from immutable lowers.
+const TTL_LOWER: Duration = Duration::from_secs(24 * 3600);
+/// TTL for entries touched by the upper.
+const TTL_UPPER: Duration = Duration::from_secs(1);
+
+enum Handle {
+    File {
+        node: Arc<Node>,
+        file: Arc<File>,
+        upper: bool,
+        backing: bool,
+    },
+    Inline {
+        data: Arc<[u8]>,
+    },
+    Dir {
+        list: Arc<Vec<DirEnt>>,
+    },
+}
+
+/// Speed-related switches.
+#[derive(Clone, Debug)]
+pub struct FsTuning {
+    /// Try FUSE passthrough (needs root in the initial user namespace).
+    pub passthrough: bool,
+    /// Use the writeback cache when passthrough is off.
+    pub writeback: bool,
+    /// Ask the kernel for POSIX ACL support.
+    pub posix_acl: bool,
+}
+
+/// The FUSE filesystem.
+pub struct UnionFs {
+    u: Arc<Union>,
+    handles: DashMap<u64, Handle>,
+    next_fh: AtomicU64,
+    tuning: FsTuning,
+    passthrough: AtomicBool,
+    writeback: AtomicBool,
+}
+
+fn to_time((s, ns): (i64, i64)) -> SystemTime {
+    if s >= 0 {
+        UNIX_EPOCH + Duration::new(s as u64, ns.clamp(0, 999_999_999) as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(ns.max(0) as u64)
+    }
+}
+
+fn ftype(k: EntryKind) -> FileType {
+    match k {
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::File => FileType::RegularFile,
+        EntryKind::Symlink => FileType::Symlink,
+        EntryKind::CharDev | EntryKind::Whiteout => FileType::CharDevice,
+        EntryKind::BlockDev => FileType::BlockDevice,
+        EntryKind::Fifo => FileType::NamedPipe,
+        EntryKind::Socket => FileType::Socket,
+    }
+}
+
+fn time_arg(t: Option<TimeOrNow>) -> Time {
+    match t {
+        None => Time::Omit,
+        Some(TimeOrNow::Now) => Time::Now,
+        Some(TimeOrNow::SpecificTime(st)) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                Time::At(-(d.as_secs() as i64), 0)
+            }
+        },
+    }
+}
+
+fn e(err: i32) -> Errno {
+    Errno::from_i32(err)
+}
+
+fn check_name(name: &[u8]) -> Res<()> {
+    if name.len() > 255 {
+        return Err(libc::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+/// Names users may not create: they would read as whiteouts.
+fn check_new_name(name: &[u8]) -> Res<()> {
+    check_name(name)?;
+    if name.starts_with(whiteout::WH_PREFIX) {
+        return Err(libc::EINVAL);
+    }
+    Ok(())
+}
+
+impl UnionFs {
+    /// Wraps a union for FUSE.
+    pub fn new(u: Arc<Union>, tuning: FsTuning) -> UnionFs {
+        UnionFs {
+            u,
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            tuning,
+            passthrough: AtomicBool::new(false),
+            writeback: AtomicBool::new(false),
+        }
+    }
+
+    fn fattr(&self, a: &LayerAttr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.blocks,
+            atime: to_time(a.atime),
+            mtime: to_time(a.mtime),
+            ctime: to_time(a.ctime),
+            crtime: UNIX_EPOCH,
+            kind: ftype(a.kind),
+            perm: (a.perm & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: self.u.opts.uids.to_view(a.uid),
+            gid: self.u.opts.gids.to_view(a.gid),
+            rdev: a.rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn ttl(&self, node: &Node) -> Duration {
+        if node.state.read().lower_only() {
+            TTL_LOWER
+        } else {
+            TTL_UPPER
+        }
+    }
+
+    fn reply_entry(&self, node: &Arc<Node>, attr: &LayerAttr, reply: ReplyEntry) {
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        let ttl = self.ttl(node);
+        reply.entry(&ttl, &self.fattr(attr), Generation(0));
+    }
+
+    fn child(&self, parent: u64, name: &[u8]) -> Res<(Arc<Node>, Arc<Node>, LayerAttr)> {
+        let p = self.u.node(parent)?;
+        match self.u.resolve(&p, name)? {
+            Some((n, a)) => Ok((p, n, a)),
+            None => Err(libc::ENOENT),
+        }
+    }
+
+    fn new_fh(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, h);
+        fh
+    }
+
+    fn handle_file(&self, fh: u64) -> Res<(Arc<File>, bool)> {
+        match self.handles.get(&fh).as_deref() {
+            Some(Handle::File { file, upper, .. }) => Ok((file.clone(), *upper)),
+            Some(_) => Err(libc::EBADF),
+            None => Err(libc::EBADF),
+        }
+    }
+
+    /// Prepares `parent/name` for a new object: copies the parent up, checks
+    /// the name is free in the union, removes a whiteout. Returns the parent
+    /// node, its upper fd, and whether the name existed in the lowers.
+    fn prepare_create(
+        &self,
+        parent: u64,
+        name: &[u8],
+    ) -> Res<(Arc<Node>, Arc<std::os::fd::OwnedFd>, bool)> {
+        check_new_name(name)?;
+        let p = self.u.node(parent)?;
+        if p.kind != EntryKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        if self.u.resolve(&p, name)?.is_some() {
+            return Err(libc::EEXIST);
+        }
+        let pfd = self.u.ensure_upper_dir(&p)?;
+        let had_whiteout = self.u.clear_whiteout(pfd.as_fd(), name)?;
+        let below = had_whiteout || self.u.name_in_lowers(&p.snapshot(), name)?;
+        Ok((p, pfd, below))
+    }
+
+    fn finish_create(&self, p: &Arc<Node>, name: &[u8]) -> Res<(Arc<Node>, LayerAttr)> {
+        self.u.invalidate_dir(p.ino);
+        match self.u.resolve(p, name)? {
+            Some(x) => Ok(x),
+            None => Err(libc::EIO),
+        }
+    }
+
+    fn do_mknod(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+    ) -> Res<(Arc<Node>, LayerAttr)> {
+        let (p, pfd, _below) = self.prepare_create(parent, name)?;
+        let fmt = mode & libc::S_IFMT;
+        let fmt = if fmt == 0 { libc::S_IFREG } else { fmt };
+        if fmt == libc::S_IFCHR && rdev == 0 {
+            // A user char 0/0 would read as a whiteout.
+            return Err(libc::EPERM);
+        }
+        sys::mknod_at(pfd.as_fd(), name, fmt | (mode & 0o7777), rdev).map_err(errno)?;
+        let _ = sys::chmod_at(pfd.as_fd(), name, mode & 0o7777);
+        self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+        self.finish_create(&p, name)
+    }
+
+    fn do_mkdir(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> Res<(Arc<Node>, LayerAttr)> {
+        let (p, pfd, below) = self.prepare_create(parent, name)?;
+        let up = self.u.upper()?;
+        let work = up.work.as_fd();
+        let tmp = format!(
+            "#d{}-{}",
+            std::process::id(),
+            self.next_fh.fetch_add(1, Ordering::Relaxed)
+        )
+        .into_bytes();
+        let res = (|| -> Res<()> {
+            sys::mkdir_at(work, &tmp, mode & 0o7777).map_err(errno)?;
+            sys::chmod_at(work, &tmp, mode & 0o7777).map_err(errno)?;
+            if below {
+                self.u.set_opaque(work, &tmp)?;
+            }
+            sys::rename_at(work, &tmp, pfd.as_fd(), name, libc::RENAME_NOREPLACE).map_err(errno)?;
+            Ok(())
+        })();
+        if let Err(err) = res {
+            let _ = self.u.clear_dir_named(work, &tmp);
+            return Err(err);
+        }
+        // Inherit setgid from the parent like the kernel does.
+        if let Ok(pst) = sys::fstat(pfd.as_fd()) {
+            if pst.st_mode & libc::S_ISGID != 0 {
+                let _ = sys::chmod_at(pfd.as_fd(), name, (mode & 0o7777) | libc::S_ISGID);
+            }
+        }
+        self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+        self.finish_create(&p, name)
+    }
+
+    fn do_symlink(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Res<(Arc<Node>, LayerAttr)> {
+        let (p, pfd, _) = self.prepare_create(parent, name)?;
+        sys::symlink_at(target, pfd.as_fd(), name).map_err(errno)?;
+        self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+        self.finish_create(&p, name)
+    }
+
+    fn do_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Res<(Arc<Node>, LayerAttr)> {
+        let node = self.u.node(ino)?;
+        if node.kind == EntryKind::Dir {
+            return Err(libc::EPERM);
+        }
+        let (p, pfd, _) = self.prepare_create(newparent, newname)?;
+        self.u.copy_up(&node, false)?;
+        let st = node.snapshot();
+        let sp = st.parent.clone().ok_or(libc::EIO)?;
+        let sfd = sp.upper_dir().ok_or(libc::EIO)?;
+        sys::link_at(sfd.as_fd(), &st.name, pfd.as_fd(), newname).map_err(errno)?;
+        self.u.invalidate_dir(p.ino);
+        let attr = self.u.attr_of(&node)?;
+        Ok((node, attr))
+    }
+
+    fn do_unlink(&self, parent: u64, name: &[u8], dir: bool) -> Res<()> {
+        check_name(name)?;
+        let (p, node, _) = self.child(parent, name)?;
+        if dir && node.kind != EntryKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        if !dir && node.kind == EntryKind::Dir {
+            return Err(libc::EISDIR);
+        }
+        self.u.upper()?;
+        let ps = p.snapshot();
+        let below = self.u.name_in_lowers(&ps, name)?;
+        if dir {
+            let list = self.u.listing(&node)?;
+            if !list.is_empty() {
+                return Err(libc::ENOTEMPTY);
+            }
+        }
+        let pfd = self.u.ensure_upper_dir(&p)?;
+        let st = node.snapshot();
+        let has_upper_here = st.upper.is_some()
+            && (dir || st.name == name)
+            && sys::stat_at(pfd.as_fd(), name).is_ok();
+        if has_upper_here {
+            if dir {
+                if let Some(fd) = st.upper_dir() {
+                    self.u.clear_dir(fd.as_fd())?;
+                }
+            }
+            if below && self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts) && !dir {
+                // Replace the file by a whiteout in one step.
+                let up = self.u.upper()?;
+                let tmp = format!(
+                    "#w{}-{}",
+                    std::process::id(),
+                    self.next_fh.fetch_add(1, Ordering::Relaxed)
+                )
+                .into_bytes();
+                match sys::rename_at(
+                    pfd.as_fd(),
+                    name,
+                    up.work.as_fd(),
+                    &tmp,
+                    libc::RENAME_WHITEOUT,
+                ) {
+                    Ok(()) => {
+                        sys::unlink_at(up.work.as_fd(), &tmp, false).map_err(errno)?;
+                    }
+                    Err(_) => {
+                        sys::unlink_at(pfd.as_fd(), name, false).map_err(errno)?;
+                        self.u.write_whiteout(pfd.as_fd(), name)?;
+                    }
+                }
+            } else {
+                sys::unlink_at(pfd.as_fd(), name, dir).map_err(errno)?;
+                if below {
+                    self.u.write_whiteout(pfd.as_fd(), name)?;
+                }
+            }
+        } else if below {
+            self.u.write_whiteout(pfd.as_fd(), name)?;
+        }
+        self.u.invalidate_dir(p.ino);
+        // Is the object still reachable by another name?
+        let gone = if dir {
+            true
+        } else {
+            match self.u.attr_of(&node) {
+                Ok(a) => st.upper.is_none() || a.nlink == 0,
+                Err(_) => true,
+            }
+        };
+        if gone {
+            node.state.write().unlinked = true;
+            if dir {
+                self.u.invalidate_dir(node.ino);
+                self.u.drop_node(node.ino);
+            }
+        } else if st.name == name {
+            // Point the node at a remaining name lazily: the next lookup refreshes it.
+            node.state.write().unlinked = false;
+        }
+        Ok(())
+    }
+
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Res<()> {
+        check_name(name)?;
+        check_new_name(newname)?;
+        if flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(libc::EINVAL);
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        self.u.upper()?;
+        let (op, src, _) = self.child(parent, name)?;
+        let np = self.u.node(newparent)?;
+        let dst = self.u.resolve(&np, newname)?;
+        if let Some((d, _)) = &dst {
+            if Arc::ptr_eq(d, &src) {
+                return Ok(());
+            }
+        }
+        match &dst {
+            None if exchange => return Err(libc::ENOENT),
+            Some(_) if noreplace => return Err(libc::EEXIST),
+            Some((d, _)) if !exchange => {
+                if src.kind == EntryKind::Dir && d.kind != EntryKind::Dir {
+                    return Err(libc::ENOTDIR);
+                }
+                if src.kind != EntryKind::Dir && d.kind == EntryKind::Dir {
+                    return Err(libc::EISDIR);
+                }
+                if d.kind == EntryKind::Dir && !self.u.listing(d)?.is_empty() {
+                    return Err(libc::ENOTEMPTY);
+                }
+            }
+            _ => {}
+        }
+        // Copy up what moves (directories without data: only the dir itself).
+        self.u.copy_up(&src, false)?;
+        if exchange {
+            if let Some((d, _)) = &dst {
+                self.u.copy_up(d, false)?;
+            }
+        }
+        let ofd = self.u.ensure_upper_dir(&op)?;
+        let nfd = self.u.ensure_upper_dir(&np)?;
+        let old_below = self.u.name_in_lowers(&op.snapshot(), name)?;
+        let new_below = self.u.name_in_lowers(&np.snapshot(), newname)?;
+        let src_st = src.snapshot();
+        // A directory whose contents come from lowers follows them by redirect;
+        // a pure upper directory landing on a name with lowers becomes opaque.
+        let fix_dir = |node: &Arc<Node>,
+                       st: &crate::inode::NodeState,
+                       dir_fd: &std::os::fd::OwnedFd,
+                       at: &[u8],
+                       target_below: bool|
+         -> Res<()> {
+            if node.kind != EntryKind::Dir {
+                return Ok(());
+            }
+            if !st.lowers.is_empty() && !st.opaque {
+                self.u.set_redirect(dir_fd.as_fd(), at, &st.lower_path)?;
+            } else if target_below && !st.opaque {
+                self.u.set_opaque(dir_fd.as_fd(), at)?;
+            }
+            Ok(())
+        };
+        if exchange {
+            let (d, _) = dst.clone().ok_or(libc::ENOENT)?;
+            let dst_st = d.snapshot();
+            sys::rename_at(
+                ofd.as_fd(),
+                name,
+                nfd.as_fd(),
+                newname,
+                libc::RENAME_EXCHANGE,
+            )
+            .map_err(errno)?;
+            fix_dir(&src, &src_st, &nfd, newname, new_below)?;
+            fix_dir(&d, &dst_st, &ofd, name, old_below)?;
+            {
+                let mut w = d.state.write();
+                w.parent = Some(op.clone());
+                w.name = name.to_vec();
+            }
+        } else {
+            // Clear what is at the target in the upper: a whiteout or an empty merged dir.
+            if let Some((d, _)) = &dst {
+                if d.kind == EntryKind::Dir {
+                    if let Some(fd) = d.upper_dir() {
+                        self.u.clear_dir(fd.as_fd())?;
+                        sys::unlink_at(nfd.as_fd(), newname, true).map_err(errno)?;
+                    }
+                    d.state.write().unlinked = true;
+                    self.u.drop_node(d.ino);
+                } else {
+                    let dn = d.snapshot();
+                    if dn.upper.is_none() {
+                        // Lower-only target: nothing in the upper to replace.
+                    }
+                    d.state.write().unlinked = d.state.read().upper.is_none();
+                }
+            }
+            match sys::stat_at(nfd.as_fd(), newname) {
+                Ok(st) if whiteout::stat_is_whiteout(nfd.as_fd(), newname, &st) => {
+                    sys::unlink_at(nfd.as_fd(), newname, false).map_err(errno)?;
+                }
+                _ => {}
+            }
+            let wh = whiteout::wh_name(newname);
+            if sys::stat_at(nfd.as_fd(), &wh).is_ok() {
+                sys::unlink_at(nfd.as_fd(), &wh, false).map_err(errno)?;
+            }
+            let char_wh = self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts);
+            let mut whiteout_done = false;
+            if old_below && char_wh {
+                match sys::rename_at(
+                    ofd.as_fd(),
+                    name,
+                    nfd.as_fd(),
+                    newname,
+                    libc::RENAME_WHITEOUT,
+                ) {
+                    Ok(()) => whiteout_done = true,
+                    Err(err)
+                        if err.raw_os_error() == Some(libc::EINVAL)
+                            || err.raw_os_error() == Some(libc::EPERM) =>
+                    {
+                        sys::rename_at(ofd.as_fd(), name, nfd.as_fd(), newname, 0)
+                            .map_err(errno)?;
+                    }
+                    Err(err) => return Err(errno(err)),
+                }
+            } else {
+                sys::rename_at(ofd.as_fd(), name, nfd.as_fd(), newname, 0).map_err(errno)?;
+            }
+            if old_below && !whiteout_done {
+                self.u.write_whiteout(ofd.as_fd(), name)?;
+            }
+            fix_dir(&src, &src_st, &nfd, newname, new_below)?;
+        }
+        {
+            let mut w = src.state.write();
+            w.parent = Some(np.clone());
+            w.name = newname.to_vec();
+        }
+        self.u.invalidate_dir(op.ino);
+        self.u.invalidate_dir(np.ino);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> Res<LayerAttr> {
+        let node = self.u.node(ino)?;
+        if mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+        {
+            return self.u.attr_of(&node);
+        }
+        self.u.copy_up(&node, size.is_some())?;
+        let st = node.snapshot();
+        let upper_fh = fh
+            .and_then(|f| self.handle_file(f.0).ok())
+            .filter(|(_, up)| *up);
+        let (dir_fd, name): (Arc<std::os::fd::OwnedFd>, Vec<u8>) = match &st.upper {
+            Some(UpperRef::Dir(fd)) => (fd.clone(), Vec::new()),
+            Some(UpperRef::Entry) => {
+                let p = st.parent.clone().ok_or(libc::EIO)?;
+                (p.upper_dir().ok_or(libc::EIO)?, st.name.clone())
+            }
+            None => return Err(libc::EIO),
+        };
+        let d = dir_fd.as_fd();
+        if let Some(sz) = size {
+            match &upper_fh {
+                Some((f, _)) => sys::ftruncate(f.as_fd(), sz).map_err(errno)?,
+                None => {
+                    let f = sys::open_at(d, &name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)
+                        .map_err(errno)?;
+                    sys::ftruncate(f.as_fd(), sz).map_err(errno)?;
+                }
+            }
+        }
+        if uid.is_some() || gid.is_some() {
+            let u = uid.map(|v| self.u.opts.uids.to_host(v)).unwrap_or(u32::MAX);
+            let g = gid.map(|v| self.u.opts.gids.to_host(v)).unwrap_or(u32::MAX);
+            sys::chown_at(d, &name, u, g).map_err(errno)?;
+        }
+        if let Some(m) = mode {
+            if node.kind != EntryKind::Symlink {
+                sys::chmod_at(d, &name, m & 0o7777).map_err(errno)?;
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            sys::utimens_at(d, &name, time_arg(atime), time_arg(mtime)).map_err(errno)?;
+        }
+        self.u
+            .invalidate_dir(st.parent.as_ref().map(|p| p.ino).unwrap_or(ROOT_INO));
+        self.u.attr_of(&node)
+    }
+
+    fn do_open(&self, ino: u64, flags: i32, reply: ReplyOpen) {
+        let node = match self.u.node(ino) {
+            Ok(n) => n,
+            Err(err) => return reply.error(e(err)),
+        };
+        let acc = flags & libc::O_ACCMODE;
+        let writing = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let res = (|| -> Res<Handle> {
+            if writing {
+                self.u.copy_up(&node, true)?;
+            }
+            let st = node.snapshot();
+            if st.upper.is_some() && !st.metacopy {
+                let p = st.parent.clone().ok_or(libc::EIO)?;
+                let pfd = p.upper_dir().ok_or(libc::EIO)?;
+                let mut oflags =
+                    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+                if self.writeback.load(Ordering::Relaxed) {
+                    // The kernel does page-cache writes: it needs read access and does appends itself.
+                    if oflags & libc::O_ACCMODE == libc::O_WRONLY {
+                        oflags = (oflags & !libc::O_ACCMODE) | libc::O_RDWR;
+                    }
+                    oflags &= !libc::O_APPEND;
+                }
+                let fd = sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0)
+                    .map_err(errno)?;
+                return Ok(Handle::File {
+                    node: node.clone(),
+                    file: Arc::new(File::from(fd)),
+                    upper: true,
+                    backing: false,
+                });
+            }
+            let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
+            match self.u.layers[l].open(ln).map_err(errno)? {
+                LayerData::File(f) => Ok(Handle::File {
+                    node: node.clone(),
+                    file: Arc::new(f),
+                    upper: false,
+                    backing: false,
+                }),
+                LayerData::Inline(data) => Ok(Handle::Inline { data }),
+            }
+        })();
+        let mut h = match res {
+            Ok(h) => h,
+            Err(err) => return reply.error(e(err)),
+        };
+        let immutable = matches!(
+            &h,
+            Handle::File { upper: false, .. } | Handle::Inline { .. }
+        );
+        let mut fopen = FopenFlags::empty();
+        if immutable {
+            fopen |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        if flags & libc::O_DIRECT != 0 {
+            fopen |= FopenFlags::FOPEN_DIRECT_IO;
+        }
+        // Passthrough: one backing per node, shared by all its handles.
+        if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 {
+            if let Handle::File {
+                file,
+                upper,
+                backing,
+                ..
+            } = &mut h
+            {
+                let mut b = node.backing.lock();
+                let id = match b.as_mut() {
+                    Some(cur) if cur.upper == *upper => {
+                        cur.refs += 1;
+                        Some(cur.id.clone())
+                    }
+                    Some(_) => None,
+                    None => match reply.open_backing(file.as_fd()) {
+                        Ok(id) => {
+                            let id = Arc::new(id);
+                            *b = Some(Backing {
+                                id: id.clone(),
+                                upper: *upper,
+                                refs: 1,
+                            });
+                            Some(id)
+                        }
+                        Err(_) => None,
+                    },
+                };
+                drop(b);
+                match id {
+                    Some(id) => {
+                        *backing = true;
+                        node.opens.fetch_add(1, Ordering::Relaxed);
+                        let fh = self.new_fh(h);
+                        return reply.opened_passthrough(
+                            FileHandle(fh),
+                            fopen & !FopenFlags::FOPEN_KEEP_CACHE,
+                            &id,
+                        );
+                    }
+                    None => {
+                        // Another backing file is active on this inode: uncached I/O mixes with it.
+                        if node.backing.lock().is_some() {
+                            fopen |= FopenFlags::FOPEN_DIRECT_IO;
+                            fopen &= !FopenFlags::FOPEN_KEEP_CACHE;
+                        }
+                    }
+                }
+            }
+        }
+        node.opens.fetch_add(1, Ordering::Relaxed);
+        let fh = self.new_fh(h);
+        reply.opened(FileHandle(fh), fopen);
+    }
+
+    fn release_handle(&self, fh: u64) {
+        let Some((_, Handle::File { node, backing, .. })) = self.handles.remove(&fh) else {
+            return;
+        };
+        node.opens.fetch_sub(1, Ordering::Relaxed);
+        if backing {
+            let mut b = node.backing.lock();
+            let last = match b.as_mut() {
+                Some(cur) => {
+                    cur.refs = cur.refs.saturating_sub(1);
+                    cur.refs == 0
+                }
+                None => false,
+            };
+            if last {
+                *b = None;
+            }
+        }
+    }
+
+    fn xattr_target(&self, node: &Arc<Node>) -> Res<Option<(Arc<std::os::fd::OwnedFd>, Vec<u8>)>> {
+        let st = node.snapshot();
+        Ok(match &st.upper {
+            Some(UpperRef::Dir(fd)) => Some((fd.clone(), Vec::new())),
+            Some(UpperRef::Entry) => {
+                let p = st.parent.clone().ok_or(libc::EIO)?;
+                Some((p.upper_dir().ok_or(libc::EIO)?, st.name.clone()))
+            }
+            None => None,
+        })
+    }
+
+    fn do_getxattr(&self, ino: u64, key: &[u8]) -> Res<Vec<u8>> {
+        if is_private_xattr(key) {
+            return Err(libc::ENODATA);
+        }
+        let node = self.u.node(ino)?;
+        let v = match self.xattr_target(&node)? {
+            Some((fd, name)) => sys::get_xattr_at(fd.as_fd(), &name, key).map_err(errno)?,
+            None => {
+                let st = node.snapshot();
+                let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
+                self.u.layers[l].get_xattr(ln, key).map_err(errno)?
+            }
+        };
+        v.ok_or(libc::ENODATA)
+    }
+
+    fn do_listxattr(&self, ino: u64) -> Res<Vec<u8>> {
+        let node = self.u.node(ino)?;
+        let names = match self.xattr_target(&node)? {
+            Some((fd, name)) => whiteout::visible_xattrs(fd.as_fd(), &name).map_err(errno)?,
+            None => {
+                let st = node.snapshot();
+                let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
+                self.u.layers[l].list_xattrs(ln).map_err(errno)?
+            }
+        };
+        let mut out = Vec::new();
+        for n in names {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    fn do_setxattr(&self, ino: u64, key: &[u8], value: Option<&[u8]>, flags: i32) -> Res<()> {
+        if is_private_xattr(key) {
+            return Err(libc::EPERM);
+        }
+        let node = self.u.node(ino)?;
+        if value.is_none() {
+            // Removing an absent attribute should not copy up.
+            self.do_getxattr(ino, key)?;
+        }
+        self.u.copy_up(&node, false)?;
+        let (fd, name) = self.xattr_target(&node)?.ok_or(libc::EIO)?;
+        match value {
+            Some(v) => sys::set_xattr_at(fd.as_fd(), &name, key, v, flags).map_err(errno),
+            None => sys::remove_xattr_at(fd.as_fd(), &name, key).map_err(errno),
+        }
+    }
+
+    fn fill_dir(&self, list: &[DirEnt], ino: u64, offset: u64, reply: &mut ReplyDirectory) {
+        let parent_ino = self
+            .u
+            .node(ino)
+            .ok()
+            .and_then(|n| n.state.read().parent.as_ref().map(|p| p.ino))
+            .unwrap_or(ROOT_INO);
+        let mut idx = offset as usize;
+        while idx < list.len() + 2 {
+            let full = match idx {
+                0 => reply.add(INodeNo(ino), 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(parent_ino), 2, FileType::Directory, ".."),
+                i => {
+                    let d = &list[i - 2];
+                    reply.add(
+                        INodeNo(d.ino),
+                        (i + 1) as u64,
+                        ftype(d.kind),
+                        OsStr::from_bytes(&d.name),
+                    )
+                }
+            };
+            if full {
+                break;
+            }
+            idx += 1;
+        }
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let caps = config.capabilities();
+        let mut want = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ASYNC_DIO;
+        if self.tuning.posix_acl {
+            want |= InitFlags::FUSE_POSIX_ACL;
+        }
+        let _ = config.add_capabilities(want & caps);
+        let mut passthrough = false;
+        if self.tuning.passthrough
+            && sys::euid() == 0
+            && caps.contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            passthrough = true;
+        }
+        if !passthrough
+            && self.tuning.writeback
+            && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE)
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok()
+        {
+            self.writeback.store(true, Ordering::Relaxed);
+        }
+        self.passthrough.store(passthrough, Ordering::Relaxed);
+        tracing::debug!(
+            passthrough,
+            writeback = self.writeback.load(Ordering::Relaxed),
+            "fuse init"
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child(parent.0, name.as_bytes()) {
+            Ok((_, n, a)) => self.reply_entry(&n, &a, reply),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if ino.0 == ROOT_INO {
+            return;
+        }
+        let remove = match self.u.nodes.get(&ino.0) {
+            Some(n) => {
+                let prev = n.lookups.fetch_sub(
+                    nlookup.min(n.lookups.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+                prev <= nlookup && n.kind != EntryKind::Dir && n.opens.load(Ordering::Relaxed) == 0
+            }
+            None => false,
+        };
+        if remove {
+            self.u.nodes.remove_if(&ino.0, |_, n| {
+                n.lookups.load(Ordering::Relaxed) == 0 && n.opens.load(Ordering::Relaxed) == 0
+            });
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let node = match self.u.node(ino.0) {
+            Ok(n) => n,
+            Err(err) => return reply.error(e(err)),
+        };
+        if let Some((f, true)) = fh.and_then(|f| self.handle_file(f.0).ok()) {
+            if let Ok(st) = sys::fstat(f.as_fd()) {
+                let mut a = LayerAttr::from_stat(&st);
+                a.ino = node.ino;
+                return reply.attr(&TTL_UPPER, &self.fattr(&a));
+            }
+        }
+        match self.u.attr_of(&node) {
+            Ok(a) => reply.attr(&self.ttl(&node), &self.fattr(&a)),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(a) => reply.attr(&TTL_UPPER, &self.fattr(&a)),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let res = (|| -> Res<Vec<u8>> {
+            let node = self.u.node(ino.0)?;
+            let st = node.snapshot();
+            match &st.upper {
+                Some(_) => {
+                    let p = st.parent.clone().ok_or(libc::EIO)?;
+                    let pfd = p.upper_dir().ok_or(libc::EIO)?;
+                    sys::readlink_at(pfd.as_fd(), &st.name).map_err(errno)
+                }
+                None => {
+                    let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
+                    self.u.layers[l].readlink(ln).map_err(errno)
+                }
+            }
+        })();
+        match res {
+            Ok(t) => reply.data(&t),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev as u64) {
+            Ok((n, a)) => self.reply_entry(&n, &a, reply),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.do_mkdir(req, parent.0, name.as_bytes(), mode) {
+            Ok((n, a)) => self.reply_entry(&n, &a, reply),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(parent.0, name.as_bytes(), false) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(parent.0, name.as_bytes(), true) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self.do_symlink(
+            req,
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        ) {
+            Ok((n, a)) => self.reply_entry(&n, &a, reply),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.do_link(ino.0, newparent.0, newname.as_bytes()) {
+            Ok((n, a)) => self.reply_entry(&n, &a, reply),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.do_open(ino.0, flags.0, reply);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let h = self.handles.get(&fh.0);
+        match h.as_deref() {
+            Some(Handle::File { file, .. }) => {
+                let file = file.clone();
+                drop(h);
+                let mut buf = vec![0u8; size as usize];
+                let mut got = 0usize;
+                while got < buf.len() {
+                    match sys::pread(file.as_fd(), &mut buf[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
+                        Err(err) => return reply.error(e(errno(err))),
+                    }
+                }
+                reply.data(&buf[..got]);
+            }
+            Some(Handle::Inline { data }) => {
+                let start = (offset as usize).min(data.len());
+                let end = start.saturating_add(size as usize).min(data.len());
+                reply.data(&data[start..end]);
+            }
+            _ => reply.error(Errno::EBADF),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.handle_file(fh.0) {
+            Ok((f, true)) => match sys::pwrite(f.as_fd(), data, offset) {
+                Ok(n) => reply.written(n as u32),
+                Err(err) => reply.error(e(errno(err))),
+            },
+            Ok(_) => reply.error(Errno::EBADF),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.release_handle(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.handle_file(fh.0) {
+            Ok((f, true)) => match sys::fsync(f.as_fd(), datasync) {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(e(errno(err))),
+            },
+            Ok(_) => reply.ok(),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let res = self.u.node(ino.0).and_then(|n| {
+            if n.kind != EntryKind::Dir {
+                return Err(libc::ENOTDIR);
+            }
+            self.u.listing(&n)
+        });
+        match res {
+            Ok(list) => {
+                let fh = self.new_fh(Handle::Dir { list });
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::Dir { list }) => list.clone(),
+            _ => return reply.error(Errno::EBADF),
+        };
+        self.fill_dir(&list, ino.0, offset, &mut reply);
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::Dir { list }) => list.clone(),
+            _ => return reply.error(Errno::EBADF),
+        };
+        let dir = match self.u.node(ino.0) {
+            Ok(n) => n,
+            Err(err) => return reply.error(e(err)),
+        };
+        let mut idx = offset as usize;
+        while idx < list.len() + 2 {
+            let full = if idx < 2 {
+                let target = if idx == 0 {
+                    Some(dir.clone())
+                } else {
+                    dir.state
+                        .read()
+                        .parent
+                        .clone()
+                        .or_else(|| Some(dir.clone()))
+                };
+                match target.and_then(|t| self.u.attr_of(&t).ok()) {
+                    Some(a) => {
+                        // "." and ".." do not count as lookups: send them without attributes.
+                        let name = if idx == 0 { "." } else { ".." };
+                        let zero = LayerAttr { ino: a.ino, ..a };
+                        reply.add(
+                            INodeNo(a.ino),
+                            (idx + 1) as u64,
+                            name,
+                            &Duration::ZERO,
+                            &self.fattr(&zero),
+                            Generation(0),
+                        )
+                    }
+                    None => false,
+                }
+            } else {
+                let d = &list[idx - 2];
+                match self.u.resolve(&dir, &d.name) {
+                    Ok(Some((node, attr))) => {
+                        let ttl = self.ttl(&node);
+                        let full = reply.add(
+                            INodeNo(node.ino),
+                            (idx + 1) as u64,
+                            OsStr::from_bytes(&d.name),
+                            &ttl,
+                            &self.fattr(&attr),
+                            Generation(0),
+                        );
+                        if !full {
+                            node.lookups.fetch_add(1, Ordering::Relaxed);
+                        }
+                        full
+                    }
+                    _ => false,
+                }
+            };
+            if full {
+                break;
+            }
+            idx += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(fd) = self.u.node(ino.0).ok().and_then(|n| n.upper_dir()) {
+            if let Ok(f) = sys::open_at(fd.as_fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                let _ = sys::fsync(f.as_fd(), false);
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fd = match &self.u.upper {
+            Some(up) => up.root.clone(),
+            None => match self.u.node(ROOT_INO).ok().and_then(|n| n.upper_dir()) {
+                Some(fd) => fd,
+                None => {
+                    return reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
+                }
+            },
+        };
+        match sys::statvfs(fd.as_fd()) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                255,
+                s.f_frsize as u32,
+            ),
+            Err(err) => reply.error(e(errno(err))),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_setxattr(ino.0, name.as_bytes(), Some(value), flags) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.do_getxattr(ino.0, name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(v) => reply.data(&v),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.do_listxattr(ino.0) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(v) => reply.data(&v),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_setxattr(ino.0, name.as_bytes(), None, 0) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let res = (|| -> Res<()> {
+            let node = self.u.node(ino.0)?;
+            let a = self.u.attr_of(&node)?;
+            let m = mask.bits();
+            if m == libc::F_OK {
+                return Ok(());
+            }
+            if m & libc::W_OK != 0 && self.u.upper.is_none() {
+                return Err(libc::EROFS);
+            }
+            if req.uid() == 0 {
+                if m & libc::X_OK != 0 && a.kind != EntryKind::Dir && a.perm & 0o111 == 0 {
+                    return Err(libc::EACCES);
+                }
+                return Ok(());
+            }
+            let uid = self.u.opts.uids.to_view(a.uid);
+            let gid = self.u.opts.gids.to_view(a.gid);
+            let bits = if req.uid() == uid {
+                (a.perm >> 6) & 7
+            } else if req.gid() == gid {
+                (a.perm >> 3) & 7
+            } else {
+                a.perm & 7
+            };
+            if (m as u32) & !bits & 7 != 0 {
+                return Err(libc::EACCES);
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name.as_bytes();
+        let res = (|| -> Res<(Arc<Node>, LayerAttr)> {
+            let (p, pfd, _) = self.prepare_create(parent.0, name)?;
+            let fd = sys::open_at(
+                pfd.as_fd(),
+                name,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                mode & 0o7777,
+            )
+            .map_err(errno)?;
+            let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
+            self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+            drop(fd);
+            self.finish_create(&p, name)
+        })();
+        let (node, attr) = match res {
+            Ok(x) => x,
+            Err(err) => return reply.error(e(err)),
+        };
+        // Open it through the normal path, then convert the reply.
+        let st = node.snapshot();
+        let open = (|| -> Res<Arc<File>> {
+            let p = st.parent.clone().ok_or(libc::EIO)?;
+            let pfd = p.upper_dir().ok_or(libc::EIO)?;
+            let mut oflags =
+                flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+            if self.writeback.load(Ordering::Relaxed) {
+                if oflags & libc::O_ACCMODE == libc::O_WRONLY {
+                    oflags = (oflags & !libc::O_ACCMODE) | libc::O_RDWR;
+                }
+                oflags &= !libc::O_APPEND;
+            }
+            let fd =
+                sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0).map_err(errno)?;
+            Ok(Arc::new(File::from(fd)))
+        })();
+        let file = match open {
+            Ok(f) => f,
+            Err(err) => return reply.error(e(err)),
+        };
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        node.opens.fetch_add(1, Ordering::Relaxed);
+        let fattr = self.fattr(&attr);
+        if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 {
+            if let Ok(id) = reply.open_backing(file.as_fd()) {
+                let id = Arc::new(id);
+                *node.backing.lock() = Some(Backing {
+                    id: id.clone(),
+                    upper: true,
+                    refs: 1,
+                });
+                let fh = self.new_fh(Handle::File {
+                    node: node.clone(),
+                    file,
+                    upper: true,
+                    backing: true,
+                });
+                return reply.created_passthrough(
+                    &TTL_UPPER,
+                    &fattr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    &id,
+                );
+            }
+        }
+        let fh = self.new_fh(Handle::File {
+            node: node.clone(),
+            file,
+            upper: true,
+            backing: false,
+        });
+        let mut fopen = FopenFlags::empty();
+        if flags & libc::O_DIRECT != 0 {
+            fopen |= FopenFlags::FOPEN_DIRECT_IO;
+        }
+        reply.created(&TTL_UPPER, &fattr, Generation(0), FileHandle(fh), fopen);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.handle_file(fh.0) {
+            Ok((f, true)) => match sys::fallocate(f.as_fd(), mode, offset, length) {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(e(errno(err))),
+            },
+            Ok(_) => reply.error(Errno::EBADF),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::File { file, .. }) => match sys::lseek(file.as_fd(), offset, whence) {
+                Ok(o) => reply.offset(o),
+                Err(err) => reply.error(e(errno(err))),
+            },
+            Some(Handle::Inline { data }) => {
+                let len = data.len() as i64;
+                match whence {
+                    libc::SEEK_DATA if offset < len => reply.offset(offset),
+                    libc::SEEK_HOLE if offset < len => reply.offset(len),
+                    libc::SEEK_SET => reply.offset(offset),
+                    libc::SEEK_END => reply.offset(len + offset),
+                    _ => reply.error(Errno::from_i32(libc::ENXIO)),
+                }
+            }
+            _ => reply.error(Errno::EBADF),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let src = match self.handle_file(fh_in.0) {
+            Ok((f, _)) => f,
+            Err(err) => return reply.error(e(err)),
+        };
+        let dst = match self.handle_file(fh_out.0) {
+            Ok((f, true)) => f,
+            Ok(_) => return reply.error(Errno::EBADF),
+            Err(err) => return reply.error(e(err)),
+        };
+        let mut oi = offset_in as i64;
+        let mut oo = offset_out as i64;
+        let want = len.min(1 << 30) as usize;
+        match sys::copy_file_range(src.as_fd(), &mut oi, dst.as_fd(), &mut oo, want) {
+            Ok(n) => reply.written(n as u32),
+            Err(err) => reply.error(e(errno(err))),
+        }
+    }
+}

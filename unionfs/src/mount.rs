@@ -1,0 +1,457 @@
+//! Mounting: [`MountConfig`], [`mount_background`], [`mount_foreground`].
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::dir_layer::DirLayer;
+use crate::fs::{FsTuning, UnionFs};
+use crate::layer::Layer;
+use crate::sys;
+use crate::union::{IdMapping, Union, UnionOptions, Upper};
+use crate::Error;
+
+/// One lower layer of a mount.
+#[derive(Clone)]
+pub enum LowerSpec {
+    /// A plain directory (`lowerdir=`).
+    Dir(PathBuf),
+    /// One layer of a `layers-format` store: the store directory and the layer id (hex).
+    Store {
+        /// Store directory.
+        store: PathBuf,
+        /// Layer id as hex.
+        layer: String,
+    },
+    /// Any other [`Layer`] implementation.
+    Custom(Arc<dyn Layer>),
+}
+
+impl std::fmt::Debug for LowerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LowerSpec::Dir(p) => write!(f, "Dir({})", p.display()),
+            LowerSpec::Store { store, layer } => write!(f, "Store({}, {layer})", store.display()),
+            LowerSpec::Custom(l) => write!(f, "Custom({})", l.describe()),
+        }
+    }
+}
+
+/// An id mapping range: `count` ids starting at `inside` (shown in the
+/// mount) map to ids starting at `outside` (stored on disk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    /// First id as shown in the mount.
+    pub inside: u32,
+    /// First id as stored on disk.
+    pub outside: u32,
+    /// Number of ids.
+    pub count: u32,
+}
+
+/// Everything a mount needs.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Read-only lowers, top first (like `lowerdir=TOP:...:BOTTOM`).
+    pub lowers: Vec<LowerSpec>,
+    /// Writable upper directory; `None` gives a read-only mount.
+    pub upper: Option<PathBuf>,
+    /// Work directory on the same filesystem as `upper` (required with `upper`).
+    pub work: Option<PathBuf>,
+    /// Let other users (and containers' users) access the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Kernel permission checks (`default_permissions`); on by default.
+    pub default_permissions: bool,
+    /// Show every file as owned by root (fuse-overlayfs `squash_to_root`).
+    pub squash_to_root: bool,
+    /// uid mapping (fuse-overlayfs `uidmapping=`); empty is the identity.
+    pub uid_map: Vec<IdRange>,
+    /// gid mapping (fuse-overlayfs `gidmapping=`); empty is the identity.
+    pub gid_map: Vec<IdRange>,
+    /// FUSE worker threads (each with its own cloned /dev/fuse fd).
+    pub threads: usize,
+    /// Use FUSE passthrough for file data when the kernel and privileges allow it.
+    pub passthrough: bool,
+    /// Use the kernel writeback cache when passthrough is off.
+    pub writeback: bool,
+    /// Metadata-only copy-up for chmod/chown/utimes/xattr changes.
+    pub metacopy: bool,
+    /// fsync copied-up data (fuse-overlayfs `fsync=1`).
+    pub fsync: bool,
+    /// Source name shown in /proc/mounts.
+    pub fsname: String,
+    /// Extra generic mount options passed to the kernel (`nodev`, `nosuid`, `noexec`, `noatime`, ...).
+    pub mount_options: Vec<String>,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            lowers: Vec::new(),
+            upper: None,
+            work: None,
+            allow_other: false,
+            default_permissions: true,
+            squash_to_root: false,
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
+            threads: 4,
+            passthrough: true,
+            writeback: true,
+            metacopy: true,
+            fsync: false,
+            fsname: "unionfs".to_string(),
+            mount_options: Vec::new(),
+        }
+    }
+}
+
+fn open_lower(spec: &LowerSpec) -> Result<Arc<dyn Layer>, Error> {
+    match spec {
+        LowerSpec::Dir(p) => Ok(Arc::new(DirLayer::open(p).map_err(|e| Error::Io {
+            what: format!("lower directory {}", p.display()),
+            source: e,
+        })?)),
+        LowerSpec::Store { store, layer } => crate::store_layer::open_store_layer(store, layer),
+        LowerSpec::Custom(l) => Ok(l.clone()),
+    }
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+/// Opens the upper and work dirs, cleans the work area, probes the whiteout form.
+fn open_upper(upper: &Path, work: &Path) -> Result<Upper, Error> {
+    let root = sys::open_dir_path(upper)
+        .map_err(io_err(format!("upper directory {}", upper.display())))?;
+    let work_root =
+        sys::open_dir_path(work).map_err(io_err(format!("work directory {}", work.display())))?;
+    let ust =
+        sys::fstat(root.as_fd()).map_err(io_err(format!("upper directory {}", upper.display())))?;
+    let wst = sys::fstat(work_root.as_fd())
+        .map_err(io_err(format!("work directory {}", work.display())))?;
+    if ust.st_dev != wst.st_dev {
+        return Err(Error::Config(format!(
+            "upper {} and work {} must be on the same filesystem",
+            upper.display(),
+            work.display()
+        )));
+    }
+    match sys::mkdir_at(work_root.as_fd(), b"work", 0o700) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => {
+            return Err(Error::Io {
+                what: format!("work directory {}/work", work.display()),
+                source: e,
+            })
+        }
+    }
+    let workdir = sys::open_at(
+        work_root.as_fd(),
+        b"work",
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+    .map_err(io_err(format!("work directory {}/work", work.display())))?;
+    let privileged = sys::euid() == 0;
+    let mut up = Upper {
+        root: Arc::new(root),
+        work: Arc::new(workdir),
+        char_whiteouts: false,
+        xattr_ns: if privileged { "trusted." } else { "user." },
+    };
+    // Leftovers of an interrupted copy-up are never visible: remove them.
+    clean_work(&up).map_err(io_err(format!(
+        "cleaning work directory {}/work",
+        work.display()
+    )))?;
+    let probe = format!("#probe-{}", std::process::id()).into_bytes();
+    if sys::mknod_at(up.work.as_fd(), &probe, libc::S_IFCHR, 0).is_ok() {
+        up.char_whiteouts = true;
+        let _ = sys::unlink_at(up.work.as_fd(), &probe, false);
+    }
+    Ok(up)
+}
+
+fn clean_work(up: &Upper) -> std::io::Result<()> {
+    fn rm_tree(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+        for (name, _, dtype) in sys::read_dir(dir)? {
+            if dtype == libc::DT_DIR {
+                let sub = sys::open_at(
+                    dir,
+                    &name,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )?;
+                rm_tree(sub.as_fd())?;
+                sys::unlink_at(dir, &name, true)?;
+            } else {
+                sys::unlink_at(dir, &name, false)?;
+            }
+        }
+        Ok(())
+    }
+    rm_tree(up.work.as_fd())
+}
+
+fn to_mapping(ranges: &[IdRange], squash: bool) -> IdMapping {
+    IdMapping {
+        ranges: ranges
+            .iter()
+            .map(|r| (r.inside, r.outside, r.count))
+            .collect(),
+        squash_to_root: squash,
+    }
+}
+
+/// Builds the FUSE filesystem and the fuser session config for `cfg`.
+fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config), Error> {
+    if cfg.lowers.is_empty() && cfg.upper.is_none() {
+        return Err(Error::Config(
+            "no lower layers and no upper directory: give lowerdir= or an image".into(),
+        ));
+    }
+    if cfg.upper.is_some() != cfg.work.is_some() {
+        return Err(Error::Config(
+            "upperdir and workdir go together: give both or neither".into(),
+        ));
+    }
+    sys::raise_nofile_limit();
+    let layers = cfg
+        .lowers
+        .iter()
+        .map(open_lower)
+        .collect::<Result<Vec<_>, _>>()?;
+    let upper = match (&cfg.upper, &cfg.work) {
+        (Some(u), Some(w)) => Some(open_upper(u, w)?),
+        _ => None,
+    };
+    let read_only = upper.is_none();
+    let opts = UnionOptions {
+        metacopy: cfg.metacopy,
+        fsync: cfg.fsync,
+        uids: to_mapping(&cfg.uid_map, cfg.squash_to_root),
+        gids: to_mapping(&cfg.gid_map, cfg.squash_to_root),
+        dir_cache_entries: 256,
+    };
+    let union = Arc::new(Union::new(layers, upper, opts));
+    let fs = UnionFs::new(
+        union,
+        FsTuning {
+            passthrough: cfg.passthrough,
+            writeback: cfg.writeback,
+            posix_acl: cfg.default_permissions,
+        },
+    );
+    let mut options = vec![
+        MountOption::FSName(cfg.fsname.clone()),
+        MountOption::Subtype("unionfs".to_string()),
+    ];
+    if cfg.default_permissions {
+        options.push(MountOption::DefaultPermissions);
+    }
+    if read_only {
+        options.push(MountOption::RO);
+    }
+    for o in &cfg.mount_options {
+        let opt = match o.as_str() {
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "atime" => MountOption::Atime,
+            "noatime" => MountOption::NoAtime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            "ro" => MountOption::RO,
+            _ => continue,
+        };
+        if read_only && opt == MountOption::RO {
+            continue;
+        }
+        options.push(opt);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    Ok((fs, config))
+}
+
+/// A live mount served by background threads. Unmounts on drop.
+pub struct MountHandle {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl MountHandle {
+    /// The mount point.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the server threads to finish.
+    pub fn unmount(mut self) -> Result<(), Error> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), Error> {
+        if let Some(s) = self.session.take() {
+            s.umount_and_join()
+                .map_err(io_err(format!("unmounting {}", self.mountpoint.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the filesystem is unmounted from outside (`umount`, `fusermount3 -u`).
+    pub fn wait(mut self) -> Result<(), Error> {
+        if let Some(s) = self.session.take() {
+            s.join()
+                .map_err(io_err(format!("serving {}", self.mountpoint.display())))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Mounts the union described by `cfg` at `mountpoint` and serves it from
+/// background threads.
+///
+/// Returns once the mount is live (the kernel handshake is done), so the
+/// caller can use the mount point at once. As root the mount is made with
+/// mount(2); as an ordinary user through `fusermount3` (needs `/dev/fuse`
+/// readable and writable, and `user_allow_other` in /etc/fuse.conf for
+/// `allow_other`). The returned [`MountHandle`] unmounts when dropped or on
+/// [`MountHandle::unmount`].
+///
+/// ```no_run
+/// use unionfs::{mount_background, LowerSpec, MountConfig};
+/// let cfg = MountConfig {
+///     lowers: vec![LowerSpec::Dir("/srv/lower".into())],
+///     upper: Some("/srv/upper".into()),
+///     work: Some("/srv/work".into()),
+///     allow_other: true,
+///     ..MountConfig::default()
+/// };
+/// let handle = mount_background(cfg, std::path::Path::new("/srv/rootfs"))?;
+/// // ... run the container on /srv/rootfs ...
+/// handle.unmount()?;
+/// # Ok::<(), unionfs::Error>(())
+/// ```
+pub fn mount_background(cfg: MountConfig, mountpoint: &Path) -> Result<MountHandle, Error> {
+    let (fs, config) = prepare(&cfg)?;
+    let session = fuser::Session::new(fs, mountpoint, &config)
+        .map_err(io_err(format!("mounting at {}", mountpoint.display())))?;
+    let bg = session.spawn().map_err(io_err(format!(
+        "starting the server for {}",
+        mountpoint.display()
+    )))?;
+    Ok(MountHandle {
+        session: Some(bg),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+/// Mounts and serves in the calling thread until the filesystem is
+/// unmounted (`umount`, `fusermount3 -u`) or one of SIGTERM/SIGINT/SIGHUP
+/// arrives (then it unmounts itself). `ready` is called once the mount is live.
+pub fn mount_foreground(
+    cfg: MountConfig,
+    mountpoint: &Path,
+    ready: impl FnOnce(),
+) -> Result<(), Error> {
+    let sigs = sys::block_term_signals();
+    let (fs, config) = prepare(&cfg)?;
+    let mut session = fuser::Session::new(fs, mountpoint, &config)
+        .map_err(io_err(format!("mounting at {}", mountpoint.display())))?;
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("unionfs-signals".into())
+        .spawn(move || {
+            let sig = sys::wait_signal(&sigs);
+            tracing::info!(sig, "signal received, unmounting");
+            if unmounter.unmount().is_err() {
+                let _ = sys::lazy_umount(&mp);
+            }
+        })
+        .map_err(io_err("starting the signal thread".into()))?;
+    ready();
+    session
+        .run()
+        .map_err(io_err(format!("serving {}", mountpoint.display())))
+}
+
+/// Mounts in a daemon process (like fuse-overlayfs without `-f`): forks,
+/// the child serves the mount in its own session until unmounted or
+/// SIGTERM; this returns in the parent once the mount is live, or with the
+/// child's error. Call it before starting any thread.
+pub fn mount_daemon(cfg: MountConfig, mountpoint: &Path, keep_stderr: bool) -> Result<(), Error> {
+    use std::io::{Read, Write};
+    let (mut rd, mut wr) = sys::pipe().map_err(io_err("creating a pipe".into()))?;
+    match sys::fork().map_err(io_err("forking the daemon".into()))? {
+        Some(_child) => {
+            drop(wr);
+            let mut head = [0u8; 2];
+            let mut got = 0;
+            while got < 2 {
+                match rd.read(&mut head[got..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            if &head[..got] == b"ok" {
+                return Ok(());
+            }
+            let mut msg = String::new();
+            let _ = rd.read_to_string(&mut msg);
+            if got == 0 {
+                Err(Error::Config(format!(
+                    "the unionfs daemon for {} exited before the mount was live",
+                    mountpoint.display()
+                )))
+            } else {
+                Err(Error::Config(msg))
+            }
+        }
+        None => {
+            drop(rd);
+            sys::setsid();
+            let mut wr_ready = wr.try_clone().ok();
+            let res = mount_foreground(cfg, mountpoint, || {
+                if let Some(mut w) = wr_ready.take() {
+                    let _ = w.write_all(b"ok");
+                }
+                sys::detach_stdio_keep(keep_stderr);
+            });
+            let code = match res {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = wr.write_all(format!("e:{e}").as_bytes());
+                    1
+                }
+            };
+            drop(wr);
+            std::process::exit(code);
+        }
+    }
+}

@@ -1,0 +1,922 @@
+//! The union itself: name resolution across layers, merged listings,
+//! copy-up and the writes into the upper directory. The FUSE glue in
+//! `fs.rs` calls into this.
+
+use std::collections::HashSet;
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::inode::{lower_tag, InoMap, Node, NodeState, UpperRef, ROOT_INO, UPPER_TAG};
+use crate::layer::{EntryKind, LNode, Layer, LayerAttr, LayerData};
+use crate::sys::{self, Time};
+use crate::whiteout;
+
+/// errno-carrying result.
+pub type Res<T> = Result<T, i32>;
+
+/// Converts an io error to an errno.
+pub fn errno(e: io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// The writable upper directory and its work directory.
+pub struct Upper {
+    /// Upper root.
+    pub root: Arc<OwnedFd>,
+    /// `WORKDIR/work`: copy-up staging area on the same filesystem.
+    pub work: Arc<OwnedFd>,
+    /// Whiteouts are written as char 0/0 (else as `.wh.NAME` files).
+    pub char_whiteouts: bool,
+    /// Private xattr namespace: `trusted.` as root, `user.` otherwise.
+    pub xattr_ns: &'static str,
+}
+
+impl Upper {
+    fn key(&self, suffix: &str) -> Vec<u8> {
+        format!("{}{}", self.xattr_ns, suffix).into_bytes()
+    }
+}
+
+/// One entry of a merged directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEnt {
+    /// Name.
+    pub name: Vec<u8>,
+    /// Union inode number.
+    pub ino: u64,
+    /// Kind.
+    pub kind: EntryKind,
+}
+
+/// Id mapping between what the mount shows and what is stored on disk.
+#[derive(Clone, Debug, Default)]
+pub struct IdMapping {
+    /// (id shown in the mount, id on disk, count) ranges.
+    pub ranges: Vec<(u32, u32, u32)>,
+    /// Every id shows as 0 (root).
+    pub squash_to_root: bool,
+}
+
+impl IdMapping {
+    /// On-disk id → id shown in the mount.
+    pub fn to_view(&self, host: u32) -> u32 {
+        if self.squash_to_root {
+            return 0;
+        }
+        if self.ranges.is_empty() {
+            return host;
+        }
+        for &(view, h, n) in &self.ranges {
+            if host >= h && host - h < n {
+                return view + (host - h);
+            }
+        }
+        65534
+    }
+
+    /// Id shown in the mount → on-disk id.
+    pub fn to_host(&self, view: u32) -> u32 {
+        if self.ranges.is_empty() {
+            return view;
+        }
+        for &(v, h, n) in &self.ranges {
+            if view >= v && view - v < n {
+                return h + (view - v);
+            }
+        }
+        view
+    }
+}
+
+/// Runtime options of the union.
+#[derive(Clone, Debug)]
+pub struct UnionOptions {
+    /// Metadata-only copy-up for chmod/chown/utimes/xattr changes.
+    pub metacopy: bool,
+    /// fsync copied-up data before it becomes visible.
+    pub fsync: bool,
+    /// uid mapping.
+    pub uids: IdMapping,
+    /// gid mapping.
+    pub gids: IdMapping,
+    /// Capacity of the merged-listing cache (directories).
+    pub dir_cache_entries: usize,
+}
+
+/// The union of N read-only lowers and an optional upper.
+pub struct Union {
+    /// Lowers, top first.
+    pub layers: Vec<Arc<dyn Layer>>,
+    /// Upper, when writable.
+    pub upper: Option<Upper>,
+    /// Live nodes by union inode number.
+    pub nodes: DashMap<u64, Arc<Node>>,
+    /// Inode number allocation.
+    pub inos: InoMap,
+    /// Merged directory listings.
+    dir_cache: Mutex<lru::LruCache<u64, Arc<Vec<DirEnt>>>>,
+    /// Options.
+    pub opts: UnionOptions,
+    /// Daemon runs privileged (chown of new files possible).
+    pub privileged: bool,
+    tmp_counter: AtomicU64,
+}
+
+fn join_path(base: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(base.len() + 1 + name.len());
+    p.extend_from_slice(base);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+impl Union {
+    /// Builds a union; creates the root node. The work dir must already be clean.
+    pub fn new(layers: Vec<Arc<dyn Layer>>, upper: Option<Upper>, opts: UnionOptions) -> Union {
+        let lowers: Vec<(usize, LNode)> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, l.root()))
+            .collect();
+        let root_state = NodeState {
+            parent: None,
+            name: Vec::new(),
+            upper: upper.as_ref().map(|u| UpperRef::Dir(u.root.clone())),
+            lowers,
+            lower_path: Vec::new(),
+            metacopy: false,
+            opaque: false,
+            unlinked: false,
+        };
+        let nodes = DashMap::new();
+        let root = Arc::new(Node::new(ROOT_INO, EntryKind::Dir, root_state));
+        root.lookups.store(1, Ordering::Relaxed);
+        nodes.insert(ROOT_INO, root);
+        let cap = NonZeroUsize::new(opts.dir_cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Union {
+            layers,
+            upper,
+            nodes,
+            inos: InoMap::default(),
+            dir_cache: Mutex::new(lru::LruCache::new(cap)),
+            opts,
+            privileged: sys::euid() == 0,
+            tmp_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The node for `ino`.
+    pub fn node(&self, ino: u64) -> Res<Arc<Node>> {
+        self.nodes.get(&ino).map(|n| n.clone()).ok_or(libc::ESTALE)
+    }
+
+    /// The upper, or EROFS.
+    pub fn upper(&self) -> Res<&Upper> {
+        self.upper.as_ref().ok_or(libc::EROFS)
+    }
+
+    // ---- name resolution ------------------------------------------------
+
+    fn walk_lower_path(&self, layer: usize, path: &[u8]) -> Option<LNode> {
+        let l = &self.layers[layer];
+        let mut cur = l.root();
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            match l.lookup(cur, comp) {
+                Ok(Some((n, EntryKind::Dir))) => cur = n,
+                _ => return None,
+            }
+        }
+        Some(cur)
+    }
+
+    /// Looks `name` up below the upper: the lower objects visible at that
+    /// name given the parent's lowers. Stops at whiteouts and opaque dirs.
+    fn lower_candidates(
+        &self,
+        lowers: &[(usize, LNode)],
+        name: &[u8],
+        dirs_only: bool,
+    ) -> Res<Vec<(usize, LNode, EntryKind)>> {
+        let mut out = Vec::new();
+        for &(l, dir) in lowers {
+            match self.layers[l].lookup(dir, name).map_err(errno)? {
+                None => continue,
+                Some((_, EntryKind::Whiteout)) => break,
+                Some((n, kind)) => {
+                    if kind != EntryKind::Dir {
+                        if out.is_empty() && !dirs_only {
+                            out.push((l, n, kind));
+                        }
+                        break;
+                    }
+                    out.push((l, n, kind));
+                    if self.layers[l].is_opaque(n).map_err(errno)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `name` is visible in the lowers of `parent` (so deleting it needs a whiteout).
+    pub fn name_in_lowers(&self, parent: &NodeState, name: &[u8]) -> Res<bool> {
+        if parent.opaque {
+            return Ok(false);
+        }
+        Ok(!self
+            .lower_candidates(&parent.lowers, name, false)?
+            .is_empty())
+    }
+
+    fn origin_of(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Option<u64> {
+        let up = self.upper.as_ref()?;
+        let v = sys::get_xattr_at(dir, name, &up.key("unionfs.origin")).ok()??;
+        std::str::from_utf8(&v).ok()?.parse().ok()
+    }
+
+    /// Resolves `name` in `parent` to a node (creating or refreshing it);
+    /// `Ok(None)` when it does not exist in the union.
+    pub fn resolve(&self, parent: &Arc<Node>, name: &[u8]) -> Res<Option<(Arc<Node>, LayerAttr)>> {
+        if name.len() > 255 {
+            return Err(libc::ENAMETOOLONG);
+        }
+        if name == b"." || name == b".." {
+            return Err(libc::EINVAL);
+        }
+        let ps = parent.snapshot();
+        let mut upper_st: Option<libc::stat> = None;
+        let mut upper_dir_fd: Option<Arc<OwnedFd>> = None;
+        let mut opaque = false;
+        let mut metacopy = false;
+        let mut redirect: Option<Vec<u8>> = None;
+        let mut origin = None;
+        if let Some(pfd) = ps.upper_dir() {
+            match whiteout::classify_at(pfd.as_fd(), name).map_err(errno)? {
+                None => {}
+                Some((_, EntryKind::Whiteout)) => return Ok(None),
+                Some((st, kind)) => {
+                    let st = st.ok_or(libc::EIO)?;
+                    if kind == EntryKind::Dir {
+                        let fd = sys::open_at(
+                            pfd.as_fd(),
+                            name,
+                            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                            0,
+                        )
+                        .map_err(errno)?;
+                        opaque = whiteout::dir_is_opaque(fd.as_fd());
+                        if let Some(up) = &self.upper {
+                            redirect =
+                                sys::get_xattr_at(fd.as_fd(), b"", &up.key("overlay.redirect"))
+                                    .ok()
+                                    .flatten();
+                        }
+                        origin = self.origin_of(fd.as_fd(), b"");
+                        upper_dir_fd = Some(Arc::new(fd));
+                    } else {
+                        if let Some(up) = &self.upper {
+                            metacopy = kind == EntryKind::File
+                                && matches!(
+                                    sys::get_xattr_at(
+                                        pfd.as_fd(),
+                                        name,
+                                        &up.key("overlay.metacopy")
+                                    ),
+                                    Ok(Some(_))
+                                );
+                        }
+                        origin = self.origin_of(pfd.as_fd(), name);
+                    }
+                    upper_st = Some(st);
+                }
+            }
+        }
+        let upper_kind = upper_st.map(|s| EntryKind::from_mode(s.st_mode));
+        // The directory's path in the lowers, following a redirect.
+        let lower_path = match &redirect {
+            Some(r) if r.starts_with(b"/") => r.clone(),
+            Some(r) => join_path(&ps.lower_path, r),
+            None => join_path(&ps.lower_path, name),
+        };
+        let mut lowers: Vec<(usize, LNode, EntryKind)> = Vec::new();
+        let search_lowers = match upper_kind {
+            None => true,
+            Some(EntryKind::Dir) => !opaque,
+            Some(_) => metacopy,
+        };
+        if search_lowers && !ps.opaque {
+            if redirect.is_some() {
+                for l in 0..self.layers.len() {
+                    if let Some(n) = self.walk_lower_path(l, &lower_path) {
+                        lowers.push((l, n, EntryKind::Dir));
+                        if self.layers[l].is_opaque(n).map_err(errno)? {
+                            break;
+                        }
+                    }
+                }
+            } else {
+                let dirs_only = upper_kind == Some(EntryKind::Dir);
+                lowers = self.lower_candidates(&ps.lowers, name, dirs_only)?;
+                if metacopy {
+                    lowers.retain(|c| c.2 == EntryKind::File);
+                    lowers.truncate(1);
+                }
+            }
+        }
+        if upper_kind.is_none() && lowers.is_empty() {
+            return Ok(None);
+        }
+        let kind = match upper_kind {
+            Some(k) => k,
+            None => lowers[0].2,
+        };
+        // Attributes and the union inode number.
+        let (attr, ino) = if let Some(st) = &upper_st {
+            let mut a = LayerAttr::from_stat(st);
+            let ino = match origin {
+                Some(o) => o,
+                None if kind == EntryKind::Dir && !lowers.is_empty() => {
+                    let la = self.layers[lowers[0].0].attr(lowers[0].1).map_err(errno)?;
+                    self.inos.compose(lower_tag(lowers[0].0), la.ino)
+                }
+                None => self.inos.compose(UPPER_TAG, st.st_ino),
+            };
+            if metacopy {
+                if let Some(&(l, n, _)) = lowers.first() {
+                    if let Ok(la) = self.layers[l].attr(n) {
+                        a.blocks = la.blocks;
+                    }
+                }
+            }
+            (a, ino)
+        } else {
+            let (l, n, _) = lowers[0];
+            let la = self.layers[l].attr(n).map_err(errno)?;
+            let ino = self.inos.compose(lower_tag(l), la.ino);
+            (la, ino)
+        };
+        let merged_dir = kind == EntryKind::Dir
+            && ((upper_kind.is_some() && !lowers.is_empty()) || lowers.len() > 1);
+        let mut attr = attr;
+        attr.ino = ino;
+        if merged_dir {
+            attr.nlink = 1;
+        }
+        let state = NodeState {
+            parent: Some(parent.clone()),
+            name: name.to_vec(),
+            upper: match (upper_kind, upper_dir_fd) {
+                (Some(EntryKind::Dir), Some(fd)) => Some(UpperRef::Dir(fd)),
+                (Some(_), _) => Some(UpperRef::Entry),
+                (None, _) => None,
+            },
+            lowers: lowers.iter().map(|&(l, n, _)| (l, n)).collect(),
+            lower_path,
+            metacopy,
+            opaque,
+            unlinked: false,
+        };
+        let node = self.install_node(ino, kind, state)?;
+        // A hard link whose other name was copied up: link this name too.
+        if upper_kind.is_none() && kind != EntryKind::Dir {
+            let cur = node.snapshot();
+            if cur.upper.is_some() && !cur.unlinked {
+                self.link_up(&node, parent, name)?;
+                return Ok(Some((node.clone(), self.attr_of(&node)?)));
+            }
+        }
+        Ok(Some((node, attr)))
+    }
+
+    /// Inserts or refreshes a node; increments nothing.
+    fn install_node(&self, ino: u64, kind: EntryKind, state: NodeState) -> Res<Arc<Node>> {
+        match self.nodes.entry(ino) {
+            Entry::Occupied(o) => {
+                let n = o.get().clone();
+                drop(o);
+                if n.kind != kind {
+                    // The inode number was reused by a different object.
+                    let fresh = Arc::new(Node::new(ino, kind, state));
+                    self.nodes.insert(ino, fresh.clone());
+                    return Ok(fresh);
+                }
+                {
+                    let mut st = n.state.write();
+                    let keep_upper =
+                        st.upper.is_some() && state.upper.is_none() && kind != EntryKind::Dir;
+                    if keep_upper {
+                        // The other name of a copied-up hard link: keep the upper state.
+                        st.parent = state.parent;
+                        st.name = state.name;
+                    } else {
+                        *st = state;
+                    }
+                }
+                Ok(n)
+            }
+            Entry::Vacant(v) => {
+                let n = Arc::new(Node::new(ino, kind, state));
+                v.insert(n.clone());
+                Ok(n)
+            }
+        }
+    }
+
+    /// Links an already copied-up hard-linked node at `parent/name` in the upper.
+    fn link_up(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &[u8]) -> Res<()> {
+        let src = node.snapshot();
+        let sp = src.parent.clone().ok_or(libc::EIO)?;
+        let sfd = self.ensure_upper_dir(&sp)?;
+        let dfd = self.ensure_upper_dir(parent)?;
+        match sys::link_at(sfd.as_fd(), &src.name, dfd.as_fd(), name) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(errno(e)),
+        }
+        let mut st = node.state.write();
+        st.parent = Some(parent.clone());
+        st.name = name.to_vec();
+        self.invalidate_dir(parent.ino);
+        Ok(())
+    }
+
+    /// Current attributes of a node.
+    pub fn attr_of(&self, node: &Arc<Node>) -> Res<LayerAttr> {
+        let st = node.snapshot();
+        let mut a = match &st.upper {
+            Some(UpperRef::Dir(fd)) => {
+                LayerAttr::from_stat(&sys::fstat(fd.as_fd()).map_err(errno)?)
+            }
+            Some(UpperRef::Entry) => {
+                let p = st.parent.as_ref().ok_or(libc::EIO)?;
+                let pfd = p.upper_dir().ok_or(libc::EIO)?;
+                let s = sys::stat_at(pfd.as_fd(), &st.name).map_err(|e| {
+                    if is_missing(&e) {
+                        libc::ENOENT
+                    } else {
+                        errno(e)
+                    }
+                })?;
+                let mut a = LayerAttr::from_stat(&s);
+                if st.metacopy {
+                    if let Some(&(l, n)) = st.lowers.first() {
+                        if let Ok(la) = self.layers[l].attr(n) {
+                            a.blocks = la.blocks;
+                        }
+                    }
+                }
+                a
+            }
+            None => {
+                let &(l, n) = st.lowers.first().ok_or(libc::ENOENT)?;
+                self.layers[l].attr(n).map_err(errno)?
+            }
+        };
+        a.ino = node.ino;
+        if node.kind == EntryKind::Dir
+            && ((st.upper.is_some() && !st.lowers.is_empty()) || st.lowers.len() > 1)
+        {
+            a.nlink = 1;
+        }
+        if st.unlinked && node.kind != EntryKind::Dir {
+            a.nlink = 0;
+        }
+        Ok(a)
+    }
+
+    // ---- listings ---------------------------------------------------------
+
+    /// Drops the cached listing of directory `ino`.
+    pub fn invalidate_dir(&self, ino: u64) {
+        self.dir_cache.lock().pop(&ino);
+    }
+
+    /// The merged listing of directory `node` (cached).
+    pub fn listing(&self, node: &Arc<Node>) -> Res<Arc<Vec<DirEnt>>> {
+        if let Some(l) = self.dir_cache.lock().get(&node.ino) {
+            return Ok(l.clone());
+        }
+        let st = node.snapshot();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut out = Vec::new();
+        if let Some(fd) = st.upper_dir() {
+            for e in whiteout::read_dir_classified(fd.as_fd()).map_err(errno)? {
+                if !seen.insert(e.name.clone()) || e.kind == EntryKind::Whiteout {
+                    continue;
+                }
+                let ino = match self.origin_of(fd.as_fd(), &e.name) {
+                    Some(o) => o,
+                    None => self.inos.compose(UPPER_TAG, e.ino),
+                };
+                out.push(DirEnt {
+                    name: e.name,
+                    ino,
+                    kind: e.kind,
+                });
+            }
+        }
+        if !st.opaque {
+            for &(l, dir) in &st.lowers {
+                for e in self.layers[l].read_dir(dir).map_err(errno)? {
+                    if !seen.insert(e.name.clone()) || e.kind == EntryKind::Whiteout {
+                        continue;
+                    }
+                    out.push(DirEnt {
+                        ino: self.inos.compose(lower_tag(l), e.ino),
+                        name: e.name,
+                        kind: e.kind,
+                    });
+                }
+                if self.layers[l].is_opaque(dir).map_err(errno)? {
+                    break;
+                }
+            }
+        }
+        // Entries already known as nodes report the node's number (copied-up hard links).
+        let list = Arc::new(out);
+        self.dir_cache.lock().put(node.ino, list.clone());
+        Ok(list)
+    }
+
+    // ---- upper writes -----------------------------------------------------
+
+    fn tmp_name(&self) -> Vec<u8> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        format!("#u{}-{n}", std::process::id()).into_bytes()
+    }
+
+    /// Makes sure directory `node` has an upper copy; returns its fd.
+    pub fn ensure_upper_dir(&self, node: &Arc<Node>) -> Res<Arc<OwnedFd>> {
+        if let Some(fd) = node.upper_dir() {
+            return Ok(fd);
+        }
+        self.copy_up(node, false)?;
+        node.upper_dir().ok_or(libc::EIO)
+    }
+
+    /// Copies `node` up. `with_data`: also complete a metadata-only copy.
+    pub fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Res<()> {
+        let up = self.upper()?;
+        let _guard = node.copy_lock.lock();
+        let st = node.snapshot();
+        if st.upper.is_some() {
+            if with_data && st.metacopy {
+                return self.complete_metacopy(node, &st);
+            }
+            return Ok(());
+        }
+        let parent = st.parent.clone().ok_or(libc::EIO)?;
+        let pfd = self.ensure_upper_dir(&parent)?;
+        let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
+        let layer = &self.layers[l];
+        let attr = layer.attr(ln).map_err(errno)?;
+        let work = up.work.as_fd();
+        let tmp = self.tmp_name();
+        let parent_times = sys::fstat(pfd.as_fd()).ok();
+        let mut metacopy = false;
+        let res = (|| -> Res<()> {
+            match node.kind {
+                EntryKind::Dir => {
+                    sys::mkdir_at(work, &tmp, 0o700).map_err(errno)?;
+                }
+                EntryKind::File => {
+                    let f = sys::open_at(
+                        work,
+                        &tmp,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                        0o600,
+                    )
+                    .map_err(errno)?;
+                    if !with_data && self.opts.metacopy && attr.size > 0 {
+                        sys::ftruncate(f.as_fd(), attr.size).map_err(errno)?;
+                        sys::set_xattr_at(f.as_fd(), b"", &up.key("overlay.metacopy"), b"", 0)
+                            .map_err(errno)?;
+                        metacopy = true;
+                    } else {
+                        let data = layer.open(ln).map_err(errno)?;
+                        copy_data(&data, f.as_fd(), attr.size).map_err(errno)?;
+                        if self.opts.fsync {
+                            sys::fsync(f.as_fd(), false).map_err(errno)?;
+                        }
+                    }
+                }
+                EntryKind::Symlink => {
+                    let target = layer.readlink(ln).map_err(errno)?;
+                    sys::symlink_at(&target, work, &tmp).map_err(errno)?;
+                }
+                EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo | EntryKind::Socket => {
+                    sys::mknod_at(work, &tmp, node.kind.mode_bits() | attr.perm, attr.rdev)
+                        .map_err(errno)?;
+                }
+                EntryKind::Whiteout => return Err(libc::EIO),
+            }
+            // xattrs (user-visible ones), origin, owner, mode, times.
+            for key in layer.list_xattrs(ln).map_err(errno)? {
+                if let Ok(Some(v)) = layer.get_xattr(ln, &key) {
+                    let _ = sys::set_xattr_at(work, &tmp, &key, &v, 0);
+                }
+            }
+            let _ = sys::set_xattr_at(
+                work,
+                &tmp,
+                &up.key("unionfs.origin"),
+                node.ino.to_string().as_bytes(),
+                0,
+            );
+            if self.privileged {
+                sys::chown_at(work, &tmp, attr.uid, attr.gid).map_err(errno)?;
+            }
+            if node.kind != EntryKind::Symlink {
+                sys::chmod_at(work, &tmp, attr.perm).map_err(errno)?;
+            }
+            sys::utimens_at(
+                work,
+                &tmp,
+                Time::At(attr.atime.0, attr.atime.1),
+                Time::At(attr.mtime.0, attr.mtime.1),
+            )
+            .map_err(errno)?;
+            sys::rename_at(work, &tmp, pfd.as_fd(), &st.name, libc::RENAME_NOREPLACE)
+                .map_err(errno)?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = sys::unlink_at(work, &tmp, node.kind == EntryKind::Dir);
+            return Err(e);
+        }
+        if let Some(pt) = parent_times {
+            let _ = sys::utimens_at(
+                pfd.as_fd(),
+                b"",
+                Time::At(pt.st_atime, pt.st_atime_nsec),
+                Time::At(pt.st_mtime, pt.st_mtime_nsec),
+            );
+        }
+        let upper_ref = if node.kind == EntryKind::Dir {
+            let fd = sys::open_at(
+                pfd.as_fd(),
+                &st.name,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .map_err(errno)?;
+            // Directory times again: the rename touched them on some filesystems.
+            let _ = sys::utimens_at(
+                fd.as_fd(),
+                b"",
+                Time::At(attr.atime.0, attr.atime.1),
+                Time::At(attr.mtime.0, attr.mtime.1),
+            );
+            UpperRef::Dir(Arc::new(fd))
+        } else {
+            UpperRef::Entry
+        };
+        let mut w = node.state.write();
+        w.upper = Some(upper_ref);
+        w.metacopy = metacopy;
+        drop(w);
+        self.invalidate_dir(parent.ino);
+        Ok(())
+    }
+
+    /// Fills in the data of a metadata-only copy, then drops the marker.
+    fn complete_metacopy(&self, node: &Arc<Node>, st: &NodeState) -> Res<()> {
+        let up = self.upper()?;
+        let &(l, ln) = st.lowers.first().ok_or(libc::EIO)?;
+        let parent = st.parent.clone().ok_or(libc::EIO)?;
+        let pfd = parent.upper_dir().ok_or(libc::EIO)?;
+        let f = sys::open_at(pfd.as_fd(), &st.name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)
+            .map_err(errno)?;
+        let cur = sys::fstat(f.as_fd()).map_err(errno)?;
+        let data = self.layers[l].open(ln).map_err(errno)?;
+        let size = self.layers[l].attr(ln).map_err(errno)?.size;
+        copy_data(&data, f.as_fd(), size).map_err(errno)?;
+        sys::ftruncate(f.as_fd(), cur.st_size.max(0) as u64).map_err(errno)?;
+        if self.opts.fsync {
+            sys::fsync(f.as_fd(), false).map_err(errno)?;
+        }
+        sys::utimens_at(
+            f.as_fd(),
+            b"",
+            Time::At(cur.st_atime, cur.st_atime_nsec),
+            Time::At(cur.st_mtime, cur.st_mtime_nsec),
+        )
+        .map_err(errno)?;
+        match sys::remove_xattr_at(pfd.as_fd(), &st.name, &up.key("overlay.metacopy")) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(errno(e)),
+        }
+        node.state.write().metacopy = false;
+        Ok(())
+    }
+
+    /// Writes a whiteout for `name` in upper directory `dir`.
+    pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Res<()> {
+        let up = self.upper()?;
+        if up.char_whiteouts {
+            match sys::mknod_at(dir, name, libc::S_IFCHR, 0) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
+                Err(e) if e.raw_os_error() != Some(libc::EPERM) => return Err(errno(e)),
+                Err(_) => {}
+            }
+        }
+        match sys::open_at(
+            dir,
+            &whiteout::wh_name(name),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
+            0o700,
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Removes a whiteout for `name` in upper dir `dir` (all forms); returns whether one existed.
+    pub fn clear_whiteout(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Res<bool> {
+        let mut had = false;
+        if let Ok(st) = sys::stat_at(dir, name) {
+            if whiteout::stat_is_whiteout(dir, name, &st) {
+                sys::unlink_at(dir, name, false).map_err(errno)?;
+                had = true;
+            } else {
+                return Err(libc::EEXIST);
+            }
+        }
+        let wh = whiteout::wh_name(name);
+        if sys::stat_at(dir, &wh).is_ok() {
+            sys::unlink_at(dir, &wh, false).map_err(errno)?;
+            had = true;
+        }
+        Ok(had)
+    }
+
+    /// Marks upper directory `dir/name` opaque.
+    pub fn set_opaque(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Res<()> {
+        let up = self.upper()?;
+        let key = up.key("overlay.opaque");
+        match sys::set_xattr_at(dir, name, &key, b"y", 0) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // No xattr support for this namespace: the AUFS marker file.
+                let fd =
+                    sys::open_at(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(errno)?;
+                sys::open_at(
+                    fd.as_fd(),
+                    whiteout::OPAQUE_MARKER,
+                    libc::O_WRONLY | libc::O_CREAT,
+                    0o700,
+                )
+                .map(|_| ())
+                .map_err(errno)
+            }
+        }
+    }
+
+    /// Sets a redirect on upper directory `dir/name` to its lower path.
+    pub fn set_redirect(&self, dir: BorrowedFd<'_>, name: &[u8], lower_path: &[u8]) -> Res<()> {
+        let up = self.upper()?;
+        let mut v = lower_path.to_vec();
+        if !v.starts_with(b"/") {
+            v.insert(0, b'/');
+        }
+        sys::set_xattr_at(dir, name, &up.key("overlay.redirect"), &v, 0).map_err(errno)
+    }
+
+    /// Deletes everything inside upper dir `fd` (whiteouts and markers of an empty merged dir).
+    pub fn clear_dir(&self, fd: BorrowedFd<'_>) -> Res<()> {
+        for (name, _, dtype) in sys::read_dir(fd).map_err(errno)? {
+            if dtype == libc::DT_DIR {
+                let sub = sys::open_at(
+                    fd,
+                    &name,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(errno)?;
+                self.clear_dir(sub.as_fd())?;
+                sys::unlink_at(fd, &name, true).map_err(errno)?;
+            } else {
+                sys::unlink_at(fd, &name, false).map_err(errno)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `dir/name` whatever it is (a directory with its contents).
+    pub fn clear_dir_named(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Res<()> {
+        match sys::open_at(
+            dir,
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(fd) => {
+                self.clear_dir(fd.as_fd())?;
+                sys::unlink_at(dir, name, true).map_err(errno)
+            }
+            Err(_) => sys::unlink_at(dir, name, false).map_err(errno),
+        }
+    }
+
+    /// Drops a node from the table (after rmdir / when forgotten).
+    pub fn drop_node(&self, ino: u64) {
+        if ino != ROOT_INO {
+            self.nodes.remove(&ino);
+        }
+    }
+
+    /// Gives `dir/name` the owner of the caller (on-disk ids), honouring setgid dirs.
+    pub fn set_owner(&self, dir: BorrowedFd<'_>, name: &[u8], uid: u32, gid: u32) -> Res<()> {
+        if !self.privileged {
+            return Ok(());
+        }
+        let mut gid = self.opts.gids.to_host(gid);
+        if let Ok(pst) = sys::fstat(dir) {
+            if pst.st_mode & libc::S_ISGID != 0 {
+                gid = pst.st_gid;
+            }
+        }
+        sys::chown_at(dir, name, self.opts.uids.to_host(uid), gid).map_err(errno)
+    }
+}
+
+/// Copies `size` bytes of layer data into `dst`: FICLONE, then
+/// copy_file_range, then read/write.
+pub fn copy_data(src: &LayerData, dst: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    match src {
+        LayerData::Inline(bytes) => {
+            let mut off = 0usize;
+            while off < bytes.len() {
+                let n = sys::pwrite(dst, &bytes[off..], off as u64)?;
+                if n == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                off += n;
+            }
+            Ok(())
+        }
+        LayerData::File(f) => {
+            if size == 0 {
+                return Ok(());
+            }
+            if sys::ficlone(dst, f.as_fd()).is_ok() {
+                return Ok(());
+            }
+            let mut src_off: i64 = 0;
+            let mut dst_off: i64 = 0;
+            let mut use_cfr = true;
+            while (src_off as u64) < size {
+                if use_cfr {
+                    let want = (size - src_off as u64).min(1 << 30) as usize;
+                    match sys::copy_file_range(f.as_fd(), &mut src_off, dst, &mut dst_off, want) {
+                        Ok(0) => break,
+                        Ok(_) => continue,
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::EXDEV)
+                                    | Some(libc::ENOSYS)
+                                    | Some(libc::EINVAL)
+                                    | Some(libc::EOPNOTSUPP)
+                            ) =>
+                        {
+                            use_cfr = false;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let n = sys::pread(f.as_fd(), &mut buf, src_off as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    let mut w = 0;
+                    while w < n {
+                        let m = sys::pwrite(dst, &buf[w..n], dst_off as u64 + w as u64)?;
+                        if m == 0 {
+                            return Err(io::Error::from_raw_os_error(libc::EIO));
+                        }
+                        w += m;
+                    }
+                    src_off += n as i64;
+                    dst_off += n as i64;
+                }
+            }
+            Ok(())
+        }
+    }
+}
