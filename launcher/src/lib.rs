@@ -3,3 +3,4 @@
 //! The command line is in [`cli`]; each group of commands has its own module.
 
 pub mod cli;
+pub mod registry;
