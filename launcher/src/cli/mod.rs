@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod completion;
 pub mod container;
 pub mod image;
 pub mod network;
@@ -99,6 +100,10 @@ pub enum Command {
     /// System-wide operations.
     #[command(subcommand)]
     System(system::Command),
+    /// Print a shell completion script (bash, zsh, fish...).
+    Completion(completion::CompletionArgs),
+    /// Print the manual page, or write one per command into a directory.
+    Man(completion::ManArgs),
 }
 
 /// Parse the command line, run the command, and turn errors into a message
@@ -121,6 +126,8 @@ pub fn main() -> ExitCode {
         Command::Network(cmd) => network::run(cmd, &cli.globals),
         Command::Volume(cmd) => volume::run(cmd, &cli.globals),
         Command::System(cmd) => system::run(cmd, &cli.globals),
+        Command::Completion(args) => completion::run_completion(args),
+        Command::Man(args) => completion::run_man(args),
     };
     match result {
         Ok(code) => code,
