@@ -1,1 +1,0 @@
-//! Shared helpers for strata's integration tests.
