@@ -111,6 +111,10 @@ fn e(err: i32) -> Errno {
     Errno::from_i32(err)
 }
 
+fn is_enoent(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
 fn check_name(name: &[u8]) -> Res<()> {
     if name.len() > 255 {
         return Err(libc::ENAMETOOLONG);
@@ -335,9 +339,16 @@ impl UnionFs {
         }
         let pfd = self.u.ensure_upper_dir(&p)?;
         let st = node.snapshot();
-        let has_upper_here = st.upper.is_some()
-            && (dir || st.name == name)
-            && sys::stat_at(pfd.as_fd(), name).is_ok();
+        let has_upper_here = match sys::stat_at(pfd.as_fd(), name) {
+            Ok(ust) => !whiteout::stat_is_whiteout(pfd.as_fd(), name, &ust),
+            Err(_) => false,
+        };
+        if has_upper_here && !dir {
+            // Keep a handle on the upper file: other names and open fds still stat it.
+            if let Ok(fd) = sys::open_at(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                node.state.write().pinned = Some(Arc::new(fd));
+            }
+        }
         if has_upper_here {
             if dir {
                 if let Some(fd) = st.upper_dir() {
@@ -378,24 +389,19 @@ impl UnionFs {
             self.u.write_whiteout(pfd.as_fd(), name)?;
         }
         self.u.invalidate_dir(p.ino);
-        // Is the object still reachable by another name?
-        let gone = if dir {
-            true
-        } else {
-            match self.u.attr_of(&node) {
-                Ok(a) => st.upper.is_none() || a.nlink == 0,
-                Err(_) => true,
-            }
-        };
-        if gone {
+        if dir {
             node.state.write().unlinked = true;
-            if dir {
-                self.u.invalidate_dir(node.ino);
-                self.u.drop_node(node.ino);
-            }
-        } else if st.name == name {
-            // Point the node at a remaining name lazily: the next lookup refreshes it.
-            node.state.write().unlinked = false;
+            self.u.invalidate_dir(node.ino);
+            self.u.drop_node(node.ino);
+        } else {
+            let mut w = node.state.write();
+            // Without an upper copy every name of a lower file is gone from this parent.
+            w.unlinked = match &w.pinned {
+                Some(fd) => sys::fstat(fd.as_fd())
+                    .map(|s| s.st_nlink == 0)
+                    .unwrap_or(true),
+                None => true,
+            };
         }
         Ok(())
     }
@@ -642,8 +648,15 @@ impl UnionFs {
                     }
                     oflags &= !libc::O_APPEND;
                 }
-                let fd = sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0)
-                    .map_err(errno)?;
+                let fd = match sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0) {
+                    Ok(fd) => fd,
+                    Err(err) if is_enoent(&err) && st.pinned.is_some() => {
+                        // This name is gone but the file lives on under another one.
+                        let pin = st.pinned.clone().ok_or(libc::EIO)?;
+                        sys::reopen(pin.as_fd(), oflags).map_err(errno)?
+                    }
+                    Err(err) => return Err(errno(err)),
+                };
                 return Ok(Handle::File {
                     node: node.clone(),
                     file: Arc::new(File::from(fd)),

@@ -77,6 +77,9 @@ pub struct NodeState {
     pub opaque: bool,
     /// All names are gone (open-unlinked or removed directory).
     pub unlinked: bool,
+    /// An `O_PATH` fd of the upper file, kept once one of its names is
+    /// removed, so stat stays right (link count of other names, 0 when open-unlinked).
+    pub pinned: Option<Arc<OwnedFd>>,
 }
 
 impl NodeState {

@@ -86,6 +86,16 @@ pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Re-opens an `O_PATH` fd with real access `flags` via `/proc/self/fd`.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let c = cstr(path.as_bytes())?;
+    // SAFETY: c is NUL-terminated; the fd is fresh and owned by us.
+    let nfd = check(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: fresh fd from open.
+    Ok(unsafe { OwnedFd::from_raw_fd(nfd) })
+}
+
 /// `mkdirat`.
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
     let c = cstr(name)?;

@@ -158,6 +158,7 @@ impl Union {
             metacopy: false,
             opaque: false,
             unlinked: false,
+            pinned: None,
         };
         let nodes = DashMap::new();
         let root = Arc::new(Node::new(ROOT_INO, EntryKind::Dir, root_state));
@@ -387,6 +388,7 @@ impl Union {
             metacopy,
             opaque,
             unlinked: false,
+            pinned: None,
         };
         let node = self.install_node(ino, kind, state)?;
         // A hard link whose other name was copied up: link this name too.
@@ -460,15 +462,20 @@ impl Union {
                 LayerAttr::from_stat(&sys::fstat(fd.as_fd()).map_err(errno)?)
             }
             Some(UpperRef::Entry) => {
-                let p = st.parent.as_ref().ok_or(libc::EIO)?;
-                let pfd = p.upper_dir().ok_or(libc::EIO)?;
-                let s = sys::stat_at(pfd.as_fd(), &st.name).map_err(|e| {
-                    if is_missing(&e) {
-                        libc::ENOENT
-                    } else {
-                        errno(e)
+                let s = match &st.pinned {
+                    Some(fd) => sys::fstat(fd.as_fd()).map_err(errno)?,
+                    None => {
+                        let p = st.parent.as_ref().ok_or(libc::EIO)?;
+                        let pfd = p.upper_dir().ok_or(libc::EIO)?;
+                        sys::stat_at(pfd.as_fd(), &st.name).map_err(|e| {
+                            if is_missing(&e) {
+                                libc::ENOENT
+                            } else {
+                                errno(e)
+                            }
+                        })?
                     }
-                })?;
+                };
                 let mut a = LayerAttr::from_stat(&s);
                 if st.metacopy {
                     if let Some(&(l, n)) = st.lowers.first() {
@@ -490,7 +497,7 @@ impl Union {
         {
             a.nlink = 1;
         }
-        if st.unlinked && node.kind != EntryKind::Dir {
+        if st.unlinked && st.pinned.is_none() && node.kind != EntryKind::Dir {
             a.nlink = 0;
         }
         Ok(a)

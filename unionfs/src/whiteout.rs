@@ -19,7 +19,11 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 /// Name of the AUFS-style opaque marker file.
 pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
-const OPAQUE_XATTRS: [&[u8]; 2] = [b"trusted.overlay.opaque", b"user.overlay.opaque"];
+const OPAQUE_XATTRS: [&[u8]; 3] = [
+    b"trusted.overlay.opaque",
+    b"user.overlay.opaque",
+    b"user.fuseoverlayfs.opaque",
+];
 const WHITEOUT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.whiteout", b"user.overlay.whiteout"];
 const WHITEOUTS_DIR_XATTRS: [&[u8]; 2] = [b"trusted.overlay.whiteouts", b"user.overlay.whiteouts"];
 
