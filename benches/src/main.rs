@@ -121,18 +121,14 @@ fn real_main() -> Result<()> {
     let mut backends = choose_backends(&args)?;
     if args.prepare_only {
         for backend in backends.iter_mut().filter(|b| b.kind == Kind::StrataStore) {
-            backend.store = Some(store::prepare(
-                &args.dir,
-                &dataset,
-                backend.unionfs.as_deref(),
-            )?);
+            backend.store = Some(store::prepare(&args.dir, &dataset)?);
         }
         return Ok(());
     }
     let mut ready = Vec::new();
     for mut backend in backends {
         if backend.kind == Kind::StrataStore {
-            match store::prepare(&args.dir, &dataset, backend.unionfs.as_deref()) {
+            match store::prepare(&args.dir, &dataset) {
                 Ok(image) => backend.store = Some(image),
                 Err(err) => {
                     progress!("skipping {}: {err:#}", backend.label);
