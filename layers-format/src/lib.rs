@@ -10,17 +10,23 @@
 //! The library never prints; errors are [`Error`].
 
 pub mod error;
+pub mod export;
 pub mod format;
 pub mod ids;
 pub mod image;
 pub mod import;
 pub mod index;
+pub mod maint;
+pub mod oci;
 mod staging;
 pub mod store;
 mod sys;
+pub mod view;
 
 pub use error::{Error, Result};
 pub use ids::{BlobId, ImageId, LayerId};
 pub use image::{ImageConfig, ImageRecord, NewImage};
+pub use import::{Compression, DirFormat, LayerImport, SourceKind};
 pub use index::{Attr, Content, DirEntry, FileKind, Index};
+pub use maint::{DiskUsage, GcReport, Problem, VerifyReport};
 pub use store::{RemovedImage, Store, StoreLock};

@@ -511,7 +511,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Every blob file in the store, by id (for df, verify and gc).
-#[allow(dead_code)]
 pub(crate) fn list_blobs(store: &Store) -> Result<HashMap<BlobId, PathBuf>> {
     let dir = store.root.join("blobs");
     let mut out = HashMap::new();

@@ -141,3 +141,115 @@ impl Store {
         dir::import(self, dir, format)
     }
 }
+
+/// What a path given to [`Store::import_path`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A directory with `oci-layout` / `index.json`.
+    OciLayoutDir,
+    /// Any other directory: one layer.
+    PlainDir,
+    /// A tar of an OCI layout (e.g. skopeo `oci-archive:`).
+    OciArchive,
+    /// A `docker save` / skopeo `docker-archive:` tar with `manifest.json`.
+    DockerSave,
+    /// A layer tar (plain, gzip or zstd).
+    LayerTar(Compression),
+}
+
+/// Detect what `path` holds (reads the first bytes, and the tar headers of
+/// an uncompressed tar).
+pub fn detect(path: &Path) -> Result<SourceKind> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    if md.is_dir() {
+        let layout = path.join("oci-layout").exists() || path.join("index.json").exists();
+        return Ok(if layout {
+            SourceKind::OciLayoutDir
+        } else {
+            SourceKind::PlainDir
+        });
+    }
+    let mut head = [0u8; 8];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => return Err(Error::io("read", path, e)),
+            }
+        }
+        n
+    };
+    match Compression::detect(&head[..n]) {
+        Compression::None => {}
+        c => return Ok(SourceKind::LayerTar(c)),
+    }
+    let scan = oci::TarSource::scan(path)?;
+    let names: std::collections::HashSet<&str> = scan.names().collect();
+    Ok(if names.contains("manifest.json") {
+        SourceKind::DockerSave
+    } else if names.contains("index.json") && names.contains("oci-layout") {
+        SourceKind::OciArchive
+    } else {
+        SourceKind::LayerTar(Compression::None)
+    })
+}
+
+/// The config given to images imported from a bare tar or directory.
+pub fn default_config() -> crate::ImageConfig {
+    crate::ImageConfig {
+        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        ..Default::default()
+    }
+}
+
+impl Store {
+    /// Import whatever `path` holds (see [`detect`]) as one or more images,
+    /// named `names` (or by the names the archive carries).
+    pub fn import_path(
+        &self,
+        path: &Path,
+        names: &[String],
+        progress: Option<Progress<'_>>,
+    ) -> Result<Vec<crate::ImageRecord>> {
+        let _lock = self.lock_shared()?;
+        let single = |layer: LayerId, diff_id: Option<String>| -> Result<Vec<crate::ImageRecord>> {
+            let new = crate::NewImage {
+                layers: vec![layer],
+                config: default_config(),
+                architecture: Some(oci::host_architecture().to_string()),
+                os: Some("linux".into()),
+                diff_ids: diff_id.into_iter().collect(),
+                ..Default::default()
+            };
+            Ok(vec![self.add_image(&new, names)?])
+        };
+        match detect(path)? {
+            SourceKind::OciLayoutDir => {
+                oci::import_layout(self, &oci::DirSource(path.to_path_buf()), names, progress)
+            }
+            SourceKind::OciArchive => {
+                oci::import_layout(self, &oci::TarSource::scan(path)?, names, progress)
+            }
+            SourceKind::DockerSave => {
+                // Newer docker writes an OCI layout plus manifest.json; the
+                // latter carries the names, so it is preferred.
+                oci::import_docker_save(self, &oci::TarSource::scan(path)?, names, progress)
+            }
+            SourceKind::PlainDir => single(dir::import(self, path, DirFormat::Plain)?, None),
+            SourceKind::LayerTar(c) => {
+                let f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+                let opts = tar::TarOptions {
+                    source_name: Some(path.display().to_string()),
+                    progress,
+                    ..Default::default()
+                };
+                let imported = tar::import(self, f, c, &opts)?;
+                single(imported.layer, Some(imported.diff_id))
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Store maintenance: garbage collection, verification, disk usage.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::ids::{BlobId, ImageId, LayerId};
+use crate::index::{Content, FileKind, Index};
+use crate::store::{list_blobs, Store};
+
+/// What [`Store::gc`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Layers removed.
+    pub layers_removed: u64,
+    /// Blobs removed.
+    pub blobs_removed: u64,
+    /// Temp files of interrupted writes removed.
+    pub temp_removed: u64,
+    /// Digest side-map entries removed.
+    pub digests_removed: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Images kept (roots).
+    pub images_kept: u64,
+}
+
+/// One problem [`Store::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The file concerned.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What [`Store::verify`] checked and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Blobs re-hashed.
+    pub blobs_checked: u64,
+    /// Layer indexes checked.
+    pub layers_checked: u64,
+    /// Images checked.
+    pub images_checked: u64,
+    /// Bytes hashed.
+    pub bytes_hashed: u64,
+    /// Every problem found.
+    pub problems: Vec<Problem>,
+}
+
+/// Disk usage of the store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DiskUsage {
+    /// Images.
+    pub images: u64,
+    /// Layers.
+    pub layers: u64,
+    /// Blobs.
+    pub blobs: u64,
+    /// Bytes of blob files.
+    pub blob_bytes: u64,
+    /// Bytes of index files.
+    pub index_bytes: u64,
+    /// Bytes really used: blobs plus indexes, each stored once.
+    pub real_bytes: u64,
+    /// Bytes the images would take without sharing: for each image, the
+    /// sum over its layers of file contents and index size.
+    pub logical_bytes: u64,
+    /// `logical_bytes / real_bytes` (1.0 for an empty store).
+    pub dedup_ratio: f64,
+    /// Bytes of temp files left by interrupted writes.
+    pub temp_bytes: u64,
+}
+
+impl Store {
+    /// Remove layers no image uses, blobs no layer uses, digest entries of
+    /// removed layers and temp files of interrupted writes. Roots are all
+    /// image records and the images of `containers/*/image-id`. Waits for
+    /// running imports (exclusive store lock).
+    pub fn gc(&self) -> Result<GcReport> {
+        let _lock = self.lock_exclusive()?;
+        let mut report = GcReport::default();
+        // Mark.
+        let mut live_layers: HashSet<LayerId> = HashSet::new();
+        let images = self.list_images()?;
+        report.images_kept = images.len() as u64;
+        let known: HashSet<ImageId> = images.iter().map(|i| i.id).collect();
+        for id in self.container_image_ids()? {
+            if !known.contains(&id) {
+                tracing::warn!("a container uses image {id}, which is not in the store");
+            }
+        }
+        for image in &images {
+            live_layers.extend(image.layers.iter().copied());
+        }
+        let mut live_blobs: HashSet<BlobId> = HashSet::new();
+        for layer in &live_layers {
+            let p = self.layer_path(layer);
+            let index = Index::open_unverified(&p).map_err(|e| {
+                Error::Conflict(format!(
+                    "gc stopped: cannot read live layer {layer} ({e}); run `strata store verify` and re-import the image"
+                ))
+            })?;
+            live_blobs.extend(index.blobs());
+        }
+        // Sweep.
+        for layer in self.list_layers()? {
+            if !live_layers.contains(&layer) {
+                let p = self.layer_path(&layer);
+                report.bytes_freed += fs::metadata(&p).map_or(0, |m| m.len());
+                fs::remove_file(&p).ctx("remove layer", &p)?;
+                report.layers_removed += 1;
+            }
+        }
+        for (id, path) in list_blobs(self)? {
+            if !live_blobs.contains(&id) {
+                report.bytes_freed += fs::metadata(&path).map_or(0, |m| m.len());
+                fs::remove_file(&path).ctx("remove blob", &path)?;
+                report.blobs_removed += 1;
+            }
+        }
+        let tmp = self.root().join("tmp");
+        for entry in fs::read_dir(&tmp).ctx("list", &tmp)? {
+            let p = entry.ctx("list", &tmp)?.path();
+            report.bytes_freed += fs::symlink_metadata(&p).map_or(0, |m| m.len());
+            let r = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            r.ctx("remove temp file", &p)?;
+            report.temp_removed += 1;
+        }
+        let digests = self.root().join("sha256");
+        for entry in fs::read_dir(&digests).ctx("list", &digests)? {
+            let p = entry.ctx("list", &digests)?.path();
+            let keep = fs::read_to_string(&p).ok().is_some_and(|t| {
+                t.trim()
+                    .strip_prefix("layer ")
+                    .and_then(|h| LayerId::from_hex(h).ok())
+                    .is_some_and(|l| live_layers.contains(&l))
+            });
+            if !keep {
+                fs::remove_file(&p).ctx("remove digest entry", &p)?;
+                report.digests_removed += 1;
+            }
+        }
+        let d = fs::File::open(self.root()).ctx("open", self.root())?;
+        nix::unistd::syncfs(&d).map_err(|e| Error::io("syncfs", self.root(), e.into()))?;
+        Ok(report)
+    }
+
+    /// Re-hash every blob and index, check every image's layers and every
+    /// layer's blobs are present. Problems are collected, not fatal.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let _lock = self.lock_shared()?;
+        let mut report = VerifyReport::default();
+        let blobs = list_blobs(self)?;
+        let mut ids: Vec<_> = blobs.iter().collect();
+        ids.sort();
+        for (id, path) in ids {
+            report.blobs_checked += 1;
+            let mut hasher = blake3::Hasher::new();
+            match hasher.update_mmap(path) {
+                Ok(_) => {
+                    report.bytes_hashed += hasher.count();
+                    let got = BlobId::from(hasher.finalize());
+                    if got != *id {
+                        report.problems.push(Problem {
+                            path: path.clone(),
+                            problem: format!("blob {id} is damaged: content hashes to {got}"),
+                        });
+                    }
+                }
+                Err(e) => report.problems.push(Problem {
+                    path: path.clone(),
+                    problem: format!("cannot read blob: {e}"),
+                }),
+            }
+        }
+        for layer in self.list_layers()? {
+            report.layers_checked += 1;
+            let p = self.layer_path(&layer);
+            let index = match Index::open(&p) {
+                Ok(i) => i,
+                Err(e) => {
+                    report.problems.push(Problem {
+                        path: p,
+                        problem: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            report.bytes_hashed += index.as_bytes().len() as u64;
+            if LayerId::of(index.as_bytes()) != layer {
+                report.problems.push(Problem {
+                    path: p.clone(),
+                    problem: format!("layer {layer}: index file does not hash to its name"),
+                });
+            }
+            for blob in index.blobs() {
+                if !blobs.contains_key(&blob) {
+                    report.problems.push(Problem {
+                        path: self.blob_path(&blob),
+                        problem: format!("blob {blob} of layer {layer} is missing"),
+                    });
+                }
+            }
+        }
+        for image in self.list_images()? {
+            report.images_checked += 1;
+            for layer in &image.layers {
+                if !self.has_layer(layer) {
+                    report.problems.push(Problem {
+                        path: self.layer_path(layer),
+                        problem: format!("layer {layer} of image {} is missing", image.id),
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Real against logical bytes, and the dedup ratio.
+    pub fn df(&self) -> Result<DiskUsage> {
+        let mut du = DiskUsage::default();
+        let blobs = list_blobs(self)?;
+        du.blobs = blobs.len() as u64;
+        let blob_sizes: HashMap<BlobId, u64> = blobs
+            .iter()
+            .map(|(id, p)| (*id, fs::metadata(p).map_or(0, |m| m.len())))
+            .collect();
+        du.blob_bytes = blob_sizes.values().sum();
+        let mut layer_logical: HashMap<LayerId, u64> = HashMap::new();
+        for layer in self.list_layers()? {
+            du.layers += 1;
+            let p = self.layer_path(&layer);
+            let Ok(index) = Index::open_unverified(&p) else {
+                continue;
+            };
+            let index_len = index.as_bytes().len() as u64;
+            du.index_bytes += index_len;
+            let mut logical = index_len;
+            for ino in 1..=index.inode_count() {
+                if index.kind(ino) == Some(FileKind::Regular) {
+                    if let Content::Blob(_) = index.content(ino) {
+                        logical += index.attr(ino).map_or(0, |a| a.size);
+                    }
+                }
+            }
+            layer_logical.insert(layer, logical);
+        }
+        du.real_bytes = du.blob_bytes + du.index_bytes;
+        for image in self.list_images()? {
+            du.images += 1;
+            du.logical_bytes += image
+                .layers
+                .iter()
+                .filter_map(|l| layer_logical.get(l))
+                .sum::<u64>();
+        }
+        let tmp = self.root().join("tmp");
+        if let Ok(rd) = fs::read_dir(&tmp) {
+            du.temp_bytes = rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+        }
+        du.dedup_ratio = if du.real_bytes == 0 {
+            1.0
+        } else {
+            du.logical_bytes as f64 / du.real_bytes as f64
+        };
+        Ok(du)
+    }
+}
