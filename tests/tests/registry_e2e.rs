@@ -803,3 +803,68 @@ fn missing_registry_and_bad_reference_are_clear_errors() {
         text(&bad.stderr)
     );
 }
+
+// ---- an ordinary user ----------------------------------------------------------
+
+fn user_ids(name: &str) -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new(need("id"))
+            .args([flag, name])
+            .output()
+            .expect("run id");
+        assert!(
+            out.status.success(),
+            "user {name} is missing: tests/setup creates it"
+        );
+        text(&out.stdout).trim().parse().expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+#[test]
+fn ordinary_user_pulls_into_own_store() {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches to the user stratatest: run the suite as root"
+    );
+    let (uid, gid) = user_ids("stratatest");
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = busybox_layout(work.path());
+    let image = format!("{}/user/busybox:v1", reg.addr);
+    skopeo_push(&layout, &image, &[]);
+
+    // A home the user owns, with a copy of strata it can run whatever the
+    // permissions of the build directory.
+    let home = work.path().join("home");
+    std::fs::create_dir(&home).expect("mkdir home");
+    let bin = home.join("strata");
+    std::fs::copy(strata_bin(), &bin).expect("copy strata");
+    for p in [work.path(), home.as_path(), bin.as_path()] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+    }
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod work dir");
+    let out = Command::new(&bin)
+        .args(["pull", &image])
+        .env_clear()
+        .env("HOME", &home)
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(&home)
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run strata as stratatest");
+    assert!(
+        out.status.success(),
+        "pull as stratatest: {}",
+        text(&out.stderr)
+    );
+    let store = home.join(".local/share/strata");
+    let busybox = std::fs::read(need("busybox")).expect("read busybox");
+    assert_eq!(read_image_file(&store, &image, "bin/busybox"), busybox);
+    let meta = std::fs::metadata(store.join("refs.json")).expect("refs.json in the user's store");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), uid);
+}
