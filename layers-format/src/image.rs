@@ -117,10 +117,15 @@ impl NewImage {
     }
 }
 
-/// Normalise an image name: add `:latest` when no tag is given, and check
-/// the characters (lower-case repository `[a-z0-9._/-]` with an optional
-/// `host:port/` prefix; tag `[A-Za-z0-9_.-]`, at most 128).
+/// Normalise an image name: add `:latest` when no tag is given, drop the
+/// `docker.io/library/` (or `docker.io/`) prefix as docker shows names, and
+/// check the characters (lower-case repository `[a-z0-9._/-]` with an
+/// optional `host:port/` prefix; tag `[A-Za-z0-9_.-]`, at most 128).
 pub fn normalize_name(name: &str) -> Result<String> {
+    let name = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name);
     let invalid = |problem: &str| Error::Invalid {
         kind: "image name",
         value: name.to_string(),

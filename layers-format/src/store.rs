@@ -51,7 +51,10 @@ impl Store {
             fs::create_dir_all(&p).ctx("create store directory", &p)?;
         }
         let root = dir.canonicalize().ctx("resolve store directory", dir)?;
-        Ok(Store { root })
+        let store = Store { root };
+        store.lock_file("lock")?;
+        store.lock_file("refs.lock")?;
+        Ok(store)
     }
 
     /// The store directory.

@@ -339,20 +339,14 @@ pub(crate) fn import_layout(
     Ok(out)
 }
 
-/// The image name a layout gives a manifest: containerd's full name, or
-/// the OCI ref name when it is a full reference (`name:tag`, `host/name`);
-/// a bare tag such as `latest` names nothing on its own.
+/// The image name a layout gives a manifest: containerd's full name, else
+/// the OCI ref name (umoci and skopeo put the name given to them there).
 fn layout_ref_name(desc: &Descriptor) -> Option<String> {
     let a = desc.annotations.as_ref()?;
     if let Some(n) = a.get("io.containerd.image.name") {
         return crate::image::normalize_name(n).ok();
     }
-    let n = a.get(oci::ANNOTATION_REF_NAME)?;
-    if n.contains(':') || n.contains('/') {
-        crate::image::normalize_name(n).ok()
-    } else {
-        None
-    }
+    crate::image::normalize_name(a.get(oci::ANNOTATION_REF_NAME)?).ok()
 }
 
 /// If `path` is `blobs/sha256/<hex>` or `<hex>.json`/`<hex>.tar`, the digest it claims.
