@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::mount::{self, is_mounted, KernelMount, UnionfsCmd, KERNEL_OPTS};
 use crate::ops::result_name;
-use crate::snapshot::{compare, snapshot, Snapshot, SnapshotKind};
+use crate::snapshot::{compare, compare_with, snapshot, Snapshot, SnapshotKind};
 use crate::spec::LayerSpec;
 use crate::Scenario;
 
@@ -27,6 +27,9 @@ pub struct Config {
     pub cross_remount: bool,
     /// Maximum runs spent minimising a divergence.
     pub minimise_budget: usize,
+    /// Ignore unionfs's `trusted.unionfs.*` bookkeeping xattrs in the upper
+    /// and remount comparisons (see `snapshot::compare_with`).
+    pub ignore_private_xattrs: bool,
 }
 
 impl Config {
@@ -38,6 +41,7 @@ impl Config {
             compare_upper: true,
             cross_remount: true,
             minimise_budget: 400,
+            ignore_private_xattrs: true,
         })
     }
 }
@@ -282,10 +286,11 @@ pub fn run(sc: &Scenario, cfg: &Config) -> Result<Option<Divergence>> {
         }));
     }
     if cfg.compare_upper {
-        let d = compare(
+        let d = compare_with(
             &snapshot(&k.upper, SnapshotKind::Upper),
             &snapshot(&u.upper, SnapshotKind::Upper),
             SnapshotKind::Upper,
+            cfg.ignore_private_xattrs,
         );
         if !d.is_empty() {
             return Ok(Some(Divergence {
@@ -313,7 +318,12 @@ pub fn run(sc: &Scenario, cfg: &Config) -> Result<Option<Divergence>> {
         };
         match view {
             Ok(s) => {
-                let d = compare(&reference, &s, SnapshotKind::Remounted);
+                let d = compare_with(
+                    &reference,
+                    &s,
+                    SnapshotKind::Remounted,
+                    cfg.ignore_private_xattrs,
+                );
                 if !d.is_empty() {
                     return Ok(Some(Divergence {
                         kind: Kind::KernelOverUnionfsUpper,
@@ -338,7 +348,12 @@ pub fn run(sc: &Scenario, cfg: &Config) -> Result<Option<Divergence>> {
             Ok(m) => {
                 let s = snapshot(&xmnt, SnapshotKind::Visible);
                 let _ = m.unmount();
-                let d = compare(&reference, &s, SnapshotKind::Remounted);
+                let d = compare_with(
+                    &reference,
+                    &s,
+                    SnapshotKind::Remounted,
+                    cfg.ignore_private_xattrs,
+                );
                 if !d.is_empty() {
                     return Ok(Some(Divergence {
                         kind: Kind::UnionfsOverKernelUpper,

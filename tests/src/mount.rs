@@ -10,8 +10,9 @@ use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// Kernel overlayfs options used for the reference mount: directory rename
-/// (redirect) and hardlink-preserving copy-up (index) like unionfs does.
-pub const KERNEL_OPTS: &str = "redirect_dir=on,index=on,metacopy=off";
+/// (redirect), hardlink-preserving copy-up (index) and metadata-only
+/// copy-up (metacopy), like unionfs does, so each can read the other's upper.
+pub const KERNEL_OPTS: &str = "redirect_dir=on,index=on,metacopy=on";
 
 /// Path of the `unionfs` binary: `$STRATA_UNIONFS`, else
 /// `<workspace>/target/{debug,release}/unionfs` (also under `$CARGO_TARGET_DIR`).

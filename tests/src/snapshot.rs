@@ -50,7 +50,9 @@ pub enum SnapshotKind {
     /// counts and hard-link grouping are not compared, because overlayfs's
     /// `index=on` keeps that state in the work dir, which a remount with a
     /// fresh work dir does not have; for the same reason hard-linked
-    /// entries are compared by type only.
+    /// entries are compared by type only. `d_ino == st_ino` is not compared
+    /// either: overlayfs keeps it consistent only for copy-ups it recorded
+    /// with its own origin xattrs.
     Remounted,
 }
 
@@ -243,6 +245,32 @@ fn hardlink_groups(s: &Snapshot) -> BTreeSet<Vec<String>> {
 /// Differences between `a` (the reference, kernel overlayfs) and `b`
 /// (unionfs), as readable lines; empty when they match.
 pub fn compare(a: &Snapshot, b: &Snapshot, kind: SnapshotKind) -> Vec<String> {
+    compare_with(a, b, kind, false)
+}
+
+/// Prefix of unionfs's own bookkeeping xattrs in the upper dir.
+pub const PRIVATE_XATTR_PREFIX: &str = "trusted.unionfs.";
+
+/// As [`compare`]; with `ignore_private`, unionfs's bookkeeping xattrs
+/// ([`PRIVATE_XATTR_PREFIX`]) are left out of upper-dir and remount
+/// comparisons (like overlayfs's own origin/impure xattrs are), so that
+/// one known format difference does not mask everything else.
+pub fn compare_with(
+    a: &Snapshot,
+    b: &Snapshot,
+    kind: SnapshotKind,
+    ignore_private: bool,
+) -> Vec<String> {
+    let strip = |x: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> {
+        x.iter()
+            .filter(|(n, _)| {
+                !(ignore_private
+                    && kind != SnapshotKind::Visible
+                    && n.starts_with(PRIVATE_XATTR_PREFIX))
+            })
+            .cloned()
+            .collect()
+    };
     let mut out = Vec::new();
     if a.errors != b.errors {
         out.push(format!(
@@ -293,8 +321,8 @@ pub fn compare(a: &Snapshot, b: &Snapshot, kind: SnapshotKind) -> Vec<String> {
         d(
             &mut out,
             "xattrs",
-            format!("{:?}", xattr_show(&ea.xattrs)),
-            format!("{:?}", xattr_show(&eb.xattrs)),
+            format!("{:?}", xattr_show(&strip(&ea.xattrs))),
+            format!("{:?}", xattr_show(&strip(&eb.xattrs))),
         );
         if kind != SnapshotKind::Upper {
             d(
@@ -303,12 +331,14 @@ pub fn compare(a: &Snapshot, b: &Snapshot, kind: SnapshotKind) -> Vec<String> {
                 ea.dtype.to_string(),
                 eb.dtype.to_string(),
             );
-            d(
-                &mut out,
-                "d_ino == st_ino",
-                ea.dino_ok.to_string(),
-                eb.dino_ok.to_string(),
-            );
+            if kind == SnapshotKind::Visible {
+                d(
+                    &mut out,
+                    "d_ino == st_ino",
+                    ea.dino_ok.to_string(),
+                    eb.dino_ok.to_string(),
+                );
+            }
             if kind == SnapshotKind::Visible {
                 d(
                     &mut out,

@@ -656,6 +656,33 @@ fn operations_on_missing_paths_fail_alike() {
     ]));
 }
 
+// ---- upper format ----
+
+/// An upper written by unionfs must not carry private `trusted.*` xattrs:
+/// kernel overlayfs mounted over it shows them to every root `getfattr`.
+#[test]
+fn upper_carries_no_private_xattrs_kernel_would_show() {
+    let s = on_base(vec![
+        Op::Append {
+            path: p("big"),
+            len: 1,
+            byte: 1,
+        },
+        Op::Chown {
+            path: p("d/top"),
+            uid: 1,
+            gid: 1,
+        },
+    ]);
+    let cfg = Config {
+        ignore_private_xattrs: false,
+        ..cfg()
+    };
+    if let Err(e) = check(&s, &cfg) {
+        panic!("unionfs's upper differs from overlayfs's format: {e}");
+    }
+}
+
 // ---- generated sequences ----
 
 /// Random sequences with fixed seeds; every failing seed is listed at the

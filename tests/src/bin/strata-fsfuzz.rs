@@ -49,6 +49,9 @@ struct Args {
     /// Maximum runs spent minimising one divergence.
     #[arg(long, default_value_t = 400)]
     minimise_budget: usize,
+    /// Also compare unionfs's own `trusted.unionfs.*` xattrs in the upper.
+    #[arg(long)]
+    strict_xattrs: bool,
     /// Stop at the first divergence.
     #[arg(long)]
     stop: bool,
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
         compare_upper: !args.no_upper,
         cross_remount: !args.no_cross,
         minimise_budget: args.minimise_budget,
+        ignore_private_xattrs: !args.strict_xattrs,
     };
     if let Some(input) = &args.input {
         let data = std::fs::read(input).with_context(|| format!("read {}", input.display()))?;
