@@ -505,11 +505,18 @@ impl UnionFs {
                     d.state.write().unlinked = true;
                     self.u.drop_node(d.ino);
                 } else {
-                    let dn = d.snapshot();
-                    if dn.upper.is_none() {
-                        // Lower-only target: nothing in the upper to replace.
-                    }
-                    d.state.write().unlinked = d.state.read().upper.is_none();
+                    // The replaced file may live on (open fds, other names): pin it.
+                    let pin = match sys::stat_at(nfd.as_fd(), newname) {
+                        Ok(ust) if !whiteout::stat_is_whiteout(nfd.as_fd(), newname, &ust) => {
+                            sys::open_at(nfd.as_fd(), newname, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                                .ok()
+                                .map(Arc::new)
+                        }
+                        _ => None,
+                    };
+                    let mut w = d.state.write();
+                    w.unlinked = pin.is_none();
+                    w.pinned = pin;
                 }
             }
             match sys::stat_at(nfd.as_fd(), newname) {

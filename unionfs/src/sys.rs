@@ -214,6 +214,13 @@ pub fn chown_at(dir: BorrowedFd<'_>, name: &[u8], uid: u32, gid: u32) -> io::Res
 
 /// `fchmodat` (never on symlinks: Linux cannot chmod them).
 pub fn chmod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    if name.is_empty() {
+        // fchmodat cannot act on an O_PATH fd itself: go through its /proc link.
+        let p = cstr(format!("/proc/self/fd/{}", dir.as_raw_fd()).as_bytes())?;
+        // SAFETY: p is NUL-terminated.
+        check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
+        return Ok(());
+    }
     let c = cstr(name)?;
     // SAFETY: c is NUL-terminated.
     check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) })?;
@@ -259,8 +266,9 @@ fn timespec(t: Time) -> libc::timespec {
 pub fn utimens_at(dir: BorrowedFd<'_>, name: &[u8], atime: Time, mtime: Time) -> io::Result<()> {
     let times = [timespec(atime), timespec(mtime)];
     if name.is_empty() {
-        // SAFETY: times is a valid array of two timespecs; a null path means the fd itself.
-        check(unsafe { libc::utimensat(dir.as_raw_fd(), std::ptr::null(), times.as_ptr(), 0) })?;
+        let p = cstr(format!("/proc/self/fd/{}", dir.as_raw_fd()).as_bytes())?;
+        // SAFETY: p is NUL-terminated and times is a valid array of two timespecs.
+        check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) })?;
         return Ok(());
     }
     let c = cstr(name)?;
