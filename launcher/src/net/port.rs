@@ -6,9 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::str::FromStr;
 
-use nix::sys::socket::{
-    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
-};
+use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
 use serde::{Deserialize, Serialize};
 
 use super::{NetError, Result};
@@ -228,12 +226,8 @@ pub(crate) fn reserve(addr: SocketAddrV4, proto: Proto) -> Result<PortGuard> {
     };
     let fd = socket(AddressFamily::Inet, ty, SockFlag::SOCK_CLOEXEC, None)
         .map_err(|e| taken(format!("cannot create a socket: {e}")))?;
-    if proto == Proto::Tcp {
-        // Lets the port be reserved while old connections sit in TIME_WAIT;
-        // a listening socket still makes bind fail.
-        setsockopt(&fd, sockopt::ReuseAddr, &true)
-            .map_err(|e| taken(format!("setsockopt: {e}")))?;
-    }
+    // No SO_REUSEADDR: with it, another program setting it too could bind
+    // (and listen on) the port while it is only bound here.
     bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrIn::from(addr),
