@@ -63,8 +63,7 @@ pub fn run_man(args: ManArgs) -> anyhow::Result<ExitCode> {
             out.flush().context("write manual page")?;
         }
         Some(dir) => {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             clap_mangen::generate_to(cmd, &dir)
                 .with_context(|| format!("write manual pages into {}", dir.display()))?;
         }
@@ -104,7 +103,10 @@ mod tests {
             .render(&mut buf)
             .unwrap();
         let text = String::from_utf8_lossy(&buf);
-        assert!(text.starts_with(".ie") || text.contains(".TH strata"), "{text}");
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH strata"),
+            "{text}"
+        );
         assert!(text.contains("pull"));
     }
 }

@@ -1,19 +1,18 @@
 //! `strata push`: upload an image from the store to a registry.
 //!
-//! Each layer index is written out as a tar (OCI whiteouts and opaque
-//! markers, hard links, xattrs as PAX records), gzip-compressed into a
-//! staging file while both the tar (diff id) and the gzip stream (blob
-//! digest) are hashed. The output is deterministic, so pushing the same
+//! Each layer is written out by the store's exporter as an OCI layer tar,
+//! gzip-compressed into a staging file while both the tar (diff id) and the
+//! gzip stream (blob digest) are hashed. The output is deterministic, so pushing the same
 //! image twice gives the same digests and the second push uploads nothing.
 //! Blobs the registry already has (`HEAD`) are skipped; the manifest goes
 //! last.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use layers_format::{Content, FileKind, ImageRecord, Index, Store};
+use layers_format::oci::{ConfigFile, RootFs, RunConfig};
+use layers_format::{ImageRecord, LayerId, Store};
 use serde_json::json;
 
 use super::client::Client;
@@ -57,14 +56,13 @@ pub fn push(
     let mut diff_ids = Vec::new();
     let mut files = Vec::new();
     for (i, layer_id) in image.layers.iter().enumerate() {
-        let index = store.open_layer(layer_id).map_err(store_err)?;
         let path = staging.dir.join(format!("layer-{i}"));
-        let (desc, diff_id) = write_layer_blob(store, &index, &path)?;
+        let (desc, diff_id) = write_layer_blob(store, layer_id, &path)?;
         layers.push(desc);
         diff_ids.push(diff_id);
         files.push(path);
     }
-    let config = config_json(&image, &diff_ids);
+    let config = config_json(&image, &diff_ids)?;
     let config_desc = Descriptor {
         media_type: manifest::OCI_CONFIG.to_string(),
         digest: Digest::of(&config),
@@ -146,64 +144,27 @@ fn upload_if_missing(
 }
 
 /// The OCI image config for `image` with the given diff ids.
-fn config_json(image: &ImageRecord, diff_ids: &[Digest]) -> Vec<u8> {
-    let c = &image.config;
-    let mut run = serde_json::Map::new();
-    if !c.env.is_empty() {
-        run.insert("Env".into(), json!(c.env));
-    }
-    if let Some(v) = &c.cmd {
-        run.insert("Cmd".into(), json!(v));
-    }
-    if let Some(v) = &c.entrypoint {
-        run.insert("Entrypoint".into(), json!(v));
-    }
-    if let Some(v) = &c.working_dir {
-        run.insert("WorkingDir".into(), json!(v));
-    }
-    if let Some(v) = &c.user {
-        run.insert("User".into(), json!(v));
-    }
-    let set = |items: &[String]| {
-        serde_json::Value::Object(items.iter().map(|p| (p.clone(), json!({}))).collect())
-    };
-    if !c.exposed_ports.is_empty() {
-        run.insert("ExposedPorts".into(), set(&c.exposed_ports));
-    }
-    if !c.volumes.is_empty() {
-        run.insert("Volumes".into(), set(&c.volumes));
-    }
-    if let Some(v) = &c.stop_signal {
-        run.insert("StopSignal".into(), json!(v));
-    }
-    if !c.labels.is_empty() {
-        run.insert("Labels".into(), json!(c.labels));
-    }
-    if let Some(v) = &c.shell {
-        run.insert("Shell".into(), json!(v));
-    }
+fn config_json(image: &ImageRecord, diff_ids: &[Digest]) -> Result<Vec<u8>, Error> {
     let host = manifest::Platform::host();
-    let mut doc = json!({
-        "architecture": image.architecture.clone().unwrap_or(host.architecture),
-        "os": image.os.clone().unwrap_or(host.os),
-        "config": run,
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": diff_ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    let doc = ConfigFile {
+        created: image.created.clone(),
+        architecture: image.architecture.clone().unwrap_or(host.architecture),
+        os: image.os.clone().unwrap_or(host.os),
+        config: Some(RunConfig::from_image_config(&image.config)),
+        rootfs: RootFs {
+            kind: "layers".to_string(),
+            diff_ids: diff_ids.iter().map(ToString::to_string).collect(),
         },
-    });
-    if let Some(created) = &image.created {
-        doc["created"] = json!(created);
-    }
-    // Encoding a tree of strings and maps cannot fail.
-    serde_json::to_vec(&doc).unwrap_or_default()
+    };
+    serde_json::to_vec(&doc)
+        .map_err(|e| Error::Manifest(format!("cannot encode image config: {e}")))
 }
 
-/// Write layer `index` as a gzip tar to `path`. Returns its descriptor and
-/// diff id.
+/// Write layer `layer` as a gzip tar to `path` (the store writes the tar;
+/// both streams are hashed on the way). Returns its descriptor and diff id.
 fn write_layer_blob(
     store: &Store,
-    index: &Index,
+    layer: &LayerId,
     path: &Path,
 ) -> Result<(Descriptor, Digest), Error> {
     let io = |op: &'static str| {
@@ -216,19 +177,12 @@ fn write_layer_blob(
     };
     let file = File::create(path).map_err(io("create"))?;
     let compressed = HashingWriter::new(BufWriter::new(file));
+    // No name or time in the gzip header: the same layer always compresses
+    // to the same bytes.
     let gz = flate2::GzBuilder::new().write(compressed, flate2::Compression::default());
-    let mut tar = tar::Builder::new(HashingWriter::new(gz));
-    tar.mode(tar::HeaderMode::Complete);
-    let mut writer = TarWriter {
-        store,
-        index,
-        tar: &mut tar,
-        links: HashMap::new(),
-        path: path.to_path_buf(),
-    };
-    writer.dir(index.root_ino(), "")?;
-    let inner = tar.into_inner().map_err(io("write tar"))?;
-    let (gz, diff_id) = inner.finish();
+    let mut tar = HashingWriter::new(gz);
+    store.export_layer_tar(layer, &mut tar).map_err(store_err)?;
+    let (gz, diff_id) = tar.finish();
     let compressed = gz.finish().map_err(io("compress"))?;
     let size = compressed.written_bytes();
     let (buf, digest) = compressed.finish();
@@ -247,152 +201,4 @@ fn write_layer_blob(
         },
         diff_id,
     ))
-}
-
-type TarOut<'a> =
-    tar::Builder<HashingWriter<flate2::write::GzEncoder<HashingWriter<BufWriter<File>>>>>;
-
-/// Walks one layer index and writes its entries.
-struct TarWriter<'a, 'b> {
-    store: &'a Store,
-    index: &'a Index,
-    tar: &'b mut TarOut<'a>,
-    /// First path written for each multiply-linked inode.
-    links: HashMap<u64, String>,
-    /// The staging file, for messages.
-    path: PathBuf,
-}
-
-impl TarWriter<'_, '_> {
-    fn err(&self, e: std::io::Error) -> Error {
-        Error::Io {
-            op: "write layer tar",
-            path: self.path.clone(),
-            source: e,
-        }
-    }
-
-    fn dir(&mut self, dir_ino: u64, prefix: &str) -> Result<(), Error> {
-        if self.index.is_opaque(dir_ino) && !prefix.is_empty() {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(0);
-            h.set_mode(0o644);
-            self.tar
-                .append_data(&mut h, format!("{prefix}.wh..wh..opq"), std::io::empty())
-                .map_err(|e| self.err(e))?;
-        }
-        let entries: Vec<(Vec<u8>, u64, FileKind)> = self
-            .index
-            .readdir(dir_ino, 0)
-            .map(|(_, e)| (e.name.to_vec(), e.ino, e.kind))
-            .collect();
-        for (name, ino, kind) in entries {
-            let name = String::from_utf8_lossy(&name).into_owned();
-            let path = format!("{prefix}{name}");
-            self.entry(ino, kind, &path, prefix, &name)?;
-            if kind == FileKind::Directory {
-                self.dir(ino, &format!("{path}/"))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn entry(
-        &mut self,
-        ino: u64,
-        kind: FileKind,
-        path: &str,
-        prefix: &str,
-        name: &str,
-    ) -> Result<(), Error> {
-        let Some(attr) = self.index.attr(ino) else {
-            return Err(Error::Store(format!(
-                "layer index: no inode {ino} for {path}"
-            )));
-        };
-        let xattrs: Vec<(String, Vec<u8>)> = self
-            .index
-            .xattrs(ino)
-            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
-            .collect();
-        if !xattrs.is_empty() {
-            let records: Vec<(String, Vec<u8>)> = xattrs
-                .into_iter()
-                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v))
-                .collect();
-            self.tar
-                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .map_err(|e| self.err(e))?;
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(attr.mode & 0o7777);
-        h.set_uid(u64::from(attr.uid));
-        h.set_gid(u64::from(attr.gid));
-        h.set_mtime(attr.mtime_sec.max(0) as u64);
-        h.set_size(0);
-        if kind != FileKind::Directory && kind != FileKind::Whiteout && attr.nlink > 1 {
-            if let Some(first) = self.links.get(&ino) {
-                h.set_entry_type(tar::EntryType::Link);
-                let first = first.clone();
-                return self
-                    .tar
-                    .append_link(&mut h, path, first)
-                    .map_err(|e| self.err(e));
-            }
-            self.links.insert(ino, path.to_string());
-        }
-        match kind {
-            FileKind::Directory => {
-                h.set_entry_type(tar::EntryType::Directory);
-                self.tar
-                    .append_data(&mut h, format!("{path}/"), std::io::empty())
-                    .map_err(|e| self.err(e))
-            }
-            FileKind::Whiteout => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                self.tar
-                    .append_data(&mut h, format!("{prefix}.wh.{name}"), std::io::empty())
-                    .map_err(|e| self.err(e))
-            }
-            FileKind::Symlink => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                let target = self.index.readlink(ino).unwrap_or_default();
-                let target = String::from_utf8_lossy(target).into_owned();
-                self.tar
-                    .append_link(&mut h, path, target)
-                    .map_err(|e| self.err(e))
-            }
-            FileKind::Regular => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(attr.size);
-                match self.index.content(ino) {
-                    Content::Empty => self.tar.append_data(&mut h, path, std::io::empty()),
-                    Content::Inline(bytes) => self.tar.append_data(&mut h, path, bytes),
-                    Content::Blob(id) => {
-                        let f = self.store.open_blob(&id).map_err(store_err)?;
-                        self.tar.append_data(&mut h, path, f)
-                    }
-                }
-                .map_err(|e| self.err(e))
-            }
-            FileKind::CharDevice | FileKind::BlockDevice | FileKind::Fifo => {
-                h.set_entry_type(match kind {
-                    FileKind::CharDevice => tar::EntryType::Char,
-                    FileKind::BlockDevice => tar::EntryType::Block,
-                    _ => tar::EntryType::Fifo,
-                });
-                let major = ((attr.rdev >> 8) & 0xfff) | ((attr.rdev >> 32) & !0xfff);
-                let minor = (attr.rdev & 0xff) | ((attr.rdev >> 12) & !0xff);
-                h.set_device_major(major as u32).map_err(|e| self.err(e))?;
-                h.set_device_minor(minor as u32).map_err(|e| self.err(e))?;
-                self.tar
-                    .append_data(&mut h, path, std::io::empty())
-                    .map_err(|e| self.err(e))
-            }
-            // Sockets cannot be stored in a tar; docker skips them too.
-            FileKind::Socket => Ok(()),
-        }
-    }
 }

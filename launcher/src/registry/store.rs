@@ -4,13 +4,13 @@
 //! digest, and the OCI digest → layer mapping is recorded so the next pull
 //! of the same blob is skipped.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use layers_format::import::tar::TarOptions;
 use layers_format::import::Compression;
+use layers_format::oci::ConfigFile;
 use layers_format::{ImageConfig, LayerId, NewImage, Store};
 
 use super::manifest::{Descriptor, LayerCompression};
@@ -31,6 +31,15 @@ impl<'a> StoreTarget<'a> {
 
 fn store_err(e: layers_format::Error) -> Error {
     Error::Store(e.to_string())
+}
+
+/// The store's run configuration from an OCI image config.
+fn run_config(config: &ConfigFile) -> ImageConfig {
+    config
+        .config
+        .as_ref()
+        .map(|c| c.to_image_config())
+        .unwrap_or_default()
 }
 
 impl PullStore for StoreTarget<'_> {
@@ -75,7 +84,7 @@ impl PullStore for StoreTarget<'_> {
     }
 
     fn save_image(&self, image: &PulledImage<'_>) -> Result<String, Error> {
-        let config = OciConfig::parse(image.config)?;
+        let config = parse_config(image.config)?;
         let mut layers: Vec<LayerId> = Vec::new();
         for l in &image.parsed.layers {
             let id = self
@@ -92,10 +101,10 @@ impl PullStore for StoreTarget<'_> {
         }
         let new = NewImage {
             layers,
-            config: config.run_config(),
+            config: run_config(&config),
             created: config.created.clone(),
-            architecture: config.architecture.clone(),
-            os: config.os.clone(),
+            architecture: Some(config.architecture.clone()).filter(|a| !a.is_empty()),
+            os: Some(config.os.clone()).filter(|o| !o.is_empty()),
             diff_ids: config.rootfs.diff_ids.clone(),
             config_digest: Some(image.parsed.config.digest.to_string()),
             manifest_digest: Some(image.manifest_digest.to_string()),
@@ -119,88 +128,8 @@ impl PullStore for StoreTarget<'_> {
     }
 }
 
-/// The parts of an OCI image config (`application/vnd.oci.image.config.v1+json`)
-/// strata keeps.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(default)]
-pub struct OciConfig {
-    /// Creation time.
-    pub created: Option<String>,
-    /// CPU architecture.
-    pub architecture: Option<String>,
-    /// Operating system.
-    pub os: Option<String>,
-    /// Run configuration.
-    pub config: OciRunConfig,
-    /// Layer diff ids.
-    pub rootfs: OciRootfs,
-}
-
-/// `config` inside an OCI image config.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(default, rename_all = "PascalCase")]
-pub struct OciRunConfig {
-    /// `KEY=value`.
-    pub env: Option<Vec<String>>,
-    /// Default arguments.
-    pub cmd: Option<Vec<String>>,
-    /// Program.
-    pub entrypoint: Option<Vec<String>>,
-    /// Working directory.
-    pub working_dir: Option<String>,
-    /// User.
-    pub user: Option<String>,
-    /// `{"80/tcp": {}}`.
-    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
-    /// `{"/data": {}}`.
-    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
-    /// Stop signal.
-    pub stop_signal: Option<String>,
-    /// Labels.
-    pub labels: Option<BTreeMap<String, String>>,
-    /// Shell.
-    pub shell: Option<Vec<String>>,
-}
-
-/// `rootfs` inside an OCI image config.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(default)]
-pub struct OciRootfs {
-    /// Uncompressed layer digests.
-    pub diff_ids: Vec<String>,
-}
-
-impl OciConfig {
-    /// Parse config bytes.
-    pub fn parse(bytes: &[u8]) -> Result<OciConfig, Error> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::Manifest(format!("image config is not valid: {e}")))
-    }
-
-    /// The store's run configuration.
-    pub fn run_config(&self) -> ImageConfig {
-        let c = &self.config;
-        ImageConfig {
-            env: c.env.clone().unwrap_or_default(),
-            cmd: c.cmd.clone(),
-            entrypoint: c.entrypoint.clone(),
-            working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
-            user: c.user.clone().filter(|u| !u.is_empty()),
-            exposed_ports: c
-                .exposed_ports
-                .as_ref()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default(),
-            volumes: c
-                .volumes
-                .as_ref()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default(),
-            stop_signal: c.stop_signal.clone(),
-            labels: c.labels.clone().unwrap_or_default(),
-            shell: c.shell.clone(),
-        }
-    }
+fn parse_config(bytes: &[u8]) -> Result<ConfigFile, Error> {
+    layers_format::oci::parse_config("image config", bytes).map_err(store_err)
 }
 
 #[cfg(test)]
@@ -209,21 +138,23 @@ mod tests {
 
     #[test]
     fn oci_config_to_run_config() {
-        let c = OciConfig::parse(
+        let c = parse_config(
             br#"{"architecture":"amd64","os":"linux","created":"2024-01-01T00:00:00Z",
             "config":{"Env":["PATH=/bin"],"Cmd":["sh"],"WorkingDir":"","ExposedPorts":{"80/tcp":{}},
             "Volumes":{"/data":{}},"Labels":{"a":"b"}},
-            "rootfs":{"type":"layers","diff_ids":["sha256:00"]}}"#,
+            "rootfs":{"type":"layers","diff_ids":["sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"]}}"#,
         )
         .unwrap();
-        let r = c.run_config();
+        let r = run_config(&c);
         assert_eq!(r.env, vec!["PATH=/bin"]);
         assert_eq!(r.cmd, Some(vec!["sh".to_string()]));
         assert_eq!(r.working_dir, None);
         assert_eq!(r.exposed_ports, vec!["80/tcp"]);
         assert_eq!(r.volumes, vec!["/data"]);
-        assert_eq!(c.rootfs.diff_ids, vec!["sha256:00"]);
-        assert_eq!(c.architecture.as_deref(), Some("amd64"));
-        assert!(OciConfig::parse(b"[1]").is_err());
+        assert_eq!(
+            c.rootfs.diff_ids,
+            vec!["sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"]
+        );
+        assert!(parse_config(b"[1]").is_err());
     }
 }
