@@ -87,6 +87,11 @@ pub fn spawn(flags: CloneFlags, stdio: [RawFd; 3]) -> Result<Spawned> {
 
 /// Entry point of `strata __init`. Never returns.
 pub fn main() -> ! {
+    // dup2 in the clone cleared close-on-exec; the exec must close it.
+    let _ = nix::fcntl::fcntl(
+        sys::borrow_fd(4),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     let mut err = File::from(sys::owned_fd(4));
     let (code, message) = match run() {
         Ok(f) => (f.code, f.message),

@@ -1,31 +1,110 @@
 //! The container's root filesystem as the supervisor provides it: the
-//! image's store layers under a union mount with the container's upper and
-//! work dirs, or a plain directory (`--rootfs DIR`) used as it is.
+//! image's store layers under a union mount (the `unionfs` library, served
+//! by threads of the supervisor) with the container's upper and work dirs,
+//! or a plain directory (`--rootfs DIR`) used as it is.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use unionfs::{LowerSpec, MountConfig, MountHandle};
 
 use crate::container::Container;
+use crate::rootfs;
 
 /// A mounted (or borrowed) rootfs; unmounted on drop.
 pub struct RootMount {
     path: PathBuf,
+    handle: Option<MountHandle>,
+    remove_dir: bool,
+}
+
+fn store_lowers(c: &Container, store: &Path) -> Vec<LowerSpec> {
+    // The store lists layers base first; a union wants the top first.
+    c.config
+        .layers
+        .iter()
+        .rev()
+        .map(|l| LowerSpec::Store {
+            store: store.to_path_buf(),
+            layer: l.clone(),
+        })
+        .collect()
+}
+
+fn clear_stale(mp: &Path) -> Result<()> {
+    if rootfs::is_mountpoint(mp) {
+        // Left by a supervisor that was killed: its FUSE server is gone.
+        let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+    }
+    fs::create_dir_all(mp).with_context(|| format!("creating mount point {}", mp.display()))
 }
 
 impl RootMount {
     /// Provide the rootfs of `c` at `c.paths.rootfs()` (or the directory).
-    pub fn mount(c: &Container, _store: &Path) -> Result<Self> {
+    pub fn mount(c: &Container, store: &Path) -> Result<Self> {
         if let Some(dir) = &c.config.rootfs_dir {
             if !dir.is_dir() {
                 bail!("rootfs directory {} is gone", dir.display());
             }
-            return Ok(Self { path: dir.clone() });
+            return Ok(Self {
+                path: dir.clone(),
+                handle: None,
+                remove_dir: false,
+            });
         }
-        bail!(
-            "image rootfs for {} needs the union filesystem, which this build lacks",
-            c.config.image
-        )
+        let mp = c.paths.rootfs();
+        clear_stale(&mp)?;
+        let cfg = MountConfig {
+            lowers: store_lowers(c, store),
+            upper: Some(c.paths.upper()),
+            work: Some(c.paths.work()),
+            allow_other: true,
+            fsname: format!("strata-{}", c.short_id()),
+            ..MountConfig::default()
+        };
+        let handle = unionfs::mount_background(cfg, &mp).with_context(|| {
+            format!(
+                "mounting the union rootfs of {} at {}",
+                c.config.name,
+                mp.display()
+            )
+        })?;
+        Ok(Self {
+            path: mp,
+            handle: Some(handle),
+            remove_dir: false,
+        })
+    }
+
+    /// A read-only view of the merged rootfs (upper as the top lower), for
+    /// `export` and `cp` of a stopped container, at a private path.
+    pub fn mount_view(c: &Container, store: &Path) -> Result<Self> {
+        if let Some(dir) = &c.config.rootfs_dir {
+            return Ok(Self {
+                path: dir.clone(),
+                handle: None,
+                remove_dir: false,
+            });
+        }
+        let mp = c.paths.run.join(format!("view-{}", std::process::id()));
+        clear_stale(&mp)?;
+        let mut lowers = vec![LowerSpec::Dir(c.paths.upper())];
+        lowers.extend(store_lowers(c, store));
+        let cfg = MountConfig {
+            lowers,
+            upper: None,
+            work: None,
+            fsname: format!("strata-view-{}", c.short_id()),
+            ..MountConfig::default()
+        };
+        let handle = unionfs::mount_background(cfg, &mp)
+            .with_context(|| format!("mounting a view of {} at {}", c.config.name, mp.display()))?;
+        Ok(Self {
+            path: mp,
+            handle: Some(handle),
+            remove_dir: true,
+        })
     }
 
     /// Where the rootfs is.
@@ -34,10 +113,20 @@ impl RootMount {
     }
 }
 
-impl RootMount {
-    /// A read-only view of the merged rootfs of a stopped container (for
-    /// `export` and `cp`), mounted at a private temporary path.
-    pub fn mount_view(c: &Container, _store: &Path) -> Result<Self> {
-        bail!("reading the rootfs of stopped container {} needs the union filesystem, which this build lacks", c.config.name)
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            if let Err(e) = h.unmount() {
+                tracing::warn!("unmounting {}: {e}", self.path.display());
+                let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if self.remove_dir {
+            let _ = fs::remove_dir(&self.path);
+            if let Some(parent) = self.path.parent() {
+                // The run dir of a stopped container holds nothing else.
+                let _ = fs::remove_dir(parent);
+            }
+        }
     }
 }
