@@ -560,9 +560,16 @@ enum Fault {
     WrongDigest,
     /// Announce the full length, send half, close.
     Truncated,
-    /// Serve correctly, behind bearer-token auth.
+    /// Serve correctly, behind bearer-token auth (anonymous tokens).
     TokenAuth,
+    /// Bearer-token auth whose token server wants tester:s3cret.
+    TokenAuthCreds,
+    /// Tag `v1` is an image index (arm64 and amd64 entries).
+    Index,
 }
+
+/// base64 of `tester:s3cret`.
+const TESTER_BASIC: &str = "Basic dGVzdGVyOnMzY3JldA==";
 
 struct FakeImage {
     manifest: Vec<u8>,
@@ -645,16 +652,17 @@ fn serve_one(
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    let mut authorized = false;
+    let mut authorization = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
             break;
         }
         if line.to_ascii_lowercase().starts_with("authorization:") {
-            authorized = line.contains(&format!("Bearer {FAKE_TOKEN}"));
+            authorization = line["authorization:".len()..].trim().to_string();
         }
     }
+    let authorized = authorization == format!("Bearer {FAKE_TOKEN}");
     let mut parts = request_line.split_whitespace();
     let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
         // Not HTTP (e.g. a TLS hello): hang up.
@@ -673,6 +681,9 @@ fn serve_one(
             stream.flush()
         };
     if path.starts_with("/token") {
+        if fault == Fault::TokenAuthCreds && authorization != TESTER_BASIC {
+            return respond(&mut stream, "401 Unauthorized", "", b"{}", usize::MAX);
+        }
         let body = format!(r#"{{"token":"{FAKE_TOKEN}"}}"#);
         return respond(
             &mut stream,
@@ -682,7 +693,7 @@ fn serve_one(
             usize::MAX,
         );
     }
-    if fault == Fault::TokenAuth && !authorized {
+    if matches!(fault, Fault::TokenAuth | Fault::TokenAuthCreds) && !authorized {
         let challenge = format!(
             "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:fake/img:pull\"\r\n"
         );
@@ -696,6 +707,25 @@ fn serve_one(
     }
     if path == "/v2/" {
         return respond(&mut stream, "200 OK", "", b"{}", usize::MAX);
+    }
+    if fault == Fault::Index && path == "/v2/fake/img/manifests/v1" {
+        // An index without mediaType: Content-Type says what it is. The
+        // arm64 entry points at nothing this registry serves.
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":7,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+            image.layer_digest,
+            image.manifest_digest,
+            image.manifest.len()
+        );
+        return respond(
+            &mut stream,
+            "200 OK",
+            "Content-Type: application/vnd.oci.image.index.v1+json\r\n",
+            index.as_bytes(),
+            usize::MAX,
+        );
     }
     if path == "/v2/fake/img/manifests/v1"
         || path == format!("/v2/fake/img/manifests/{}", image.manifest_digest)
@@ -724,7 +754,9 @@ fn serve_one(
                 &image.layer,
                 image.layer.len() / 2,
             ),
-            Fault::TokenAuth => respond(&mut stream, "200 OK", "", &image.layer, usize::MAX),
+            Fault::TokenAuth | Fault::TokenAuthCreds | Fault::Index => {
+                respond(&mut stream, "200 OK", "", &image.layer, usize::MAX)
+            }
         };
     }
     respond(
@@ -780,6 +812,68 @@ fn bearer_token_auth_from_challenge() {
         .layer_for_digest(&layer_digest)
         .expect("side map")
         .is_some());
+}
+
+#[test]
+fn bearer_token_server_needs_credentials() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (addr, _) = fake_registry(fake_image(work.path()), Fault::TokenAuthCreds);
+    let store = work.path().join("store");
+    let auth = work.path().join("auth.json");
+    let name = format!("{addr}/fake/img:v1");
+    let anon = strata(&store, &auth, &["pull", &name]);
+    assert!(!anon.status.success(), "anonymous pull worked");
+    assert!(
+        text(&anon.stderr).contains("authentication failed"),
+        "{}",
+        text(&anon.stderr)
+    );
+    assert_store_empty(&store);
+    let wrong = strata(&store, &auth, &["pull", "--creds", "tester:wrong", &name]);
+    assert!(!wrong.status.success(), "pull with a wrong password worked");
+    assert_store_empty(&store);
+    let login = strata_stdin(
+        &store,
+        &auth,
+        &["login", "-u", "tester", "--password-stdin", &addr],
+        Some("s3cret\n"),
+    );
+    assert!(login.status.success(), "login: {}", text(&login.stderr));
+    let pull = strata(&store, &auth, &["pull", &name]);
+    assert!(
+        pull.status.success(),
+        "pull after login: {}",
+        text(&pull.stderr)
+    );
+}
+
+#[test]
+fn image_index_resolves_to_the_platform() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (addr, _) = fake_registry(fake_image(work.path()), Fault::Index);
+    let store = work.path().join("store");
+    let auth = work.path().join("auth.json");
+    let name = format!("{addr}/fake/img:v1");
+    let other = strata(&store, &auth, &["pull", "--platform", "linux/s390x", &name]);
+    assert!(
+        !other.status.success(),
+        "pull for a missing platform worked"
+    );
+    let err = text(&other.stderr);
+    assert!(
+        err.contains("no image for platform linux/s390x") && err.contains("linux/amd64"),
+        "{err}"
+    );
+    assert_store_empty(&store);
+    let out = strata(&store, &auth, &["pull", "--platform", "linux/amd64", &name]);
+    assert!(
+        out.status.success(),
+        "pull through the index: {}",
+        text(&out.stderr)
+    );
+    let s = Store::open(&store).expect("store");
+    let image = s.resolve_image(&name).expect("image");
+    assert_eq!(image.architecture.as_deref(), Some("amd64"));
 }
 
 #[test]
