@@ -380,6 +380,13 @@ pub fn run(sc: &Scenario, cfg: &Config) -> Result<Option<Divergence>> {
 pub fn check(sc: &Scenario, cfg: &Config) -> std::result::Result<(), String> {
     match run(sc, cfg) {
         Ok(None) => Ok(()),
+        Ok(Some(d)) if d.kind == Kind::Hang => {
+            // Each re-run would wait HANG_SECS again: report unminimised.
+            Err(format!(
+                "{d}\n\nreproducer (not minimised):\n{}",
+                Reproducer::new(sc, &d)
+            ))
+        }
         Ok(Some(d)) => {
             let (min, md) = minimise(sc, cfg, &d);
             Err(format!(

@@ -13,7 +13,7 @@ use strata_tests::{scenario_from_seed, LayerSpec, Node, Op, RenameMode, Scenario
 
 fn cfg() -> Config {
     let mut c = Config::full().unwrap_or_else(|e| panic!("{e:#}"));
-    c.minimise_budget = 80;
+    c.minimise_budget = 25;
     c
 }
 
@@ -697,7 +697,7 @@ fn random_sequences_fixed_seeds() {
         if let Err(e) = check(
             &s,
             &Config {
-                minimise_budget: 30,
+                minimise_budget: 10,
                 ..cfg.clone()
             },
         ) {
