@@ -656,6 +656,58 @@ fn operations_on_missing_paths_fail_alike() {
     ]));
 }
 
+/// Found by seed 8: `open(O_CREAT, 04755)` as root keeps S_ISUID on
+/// overlayfs; unionfs dropped it (likely a chown after create).
+#[test]
+fn create_with_setuid_mode_keeps_it() {
+    assert_same(&sc(
+        vec![vec![], vec![Node::dir("b").mode(0o2775)]],
+        vec![
+            Op::Create {
+                path: p("b/a"),
+                mode: 0o4755,
+                excl: false,
+            },
+            Op::Mkdir {
+                path: p("b/d"),
+                mode: 0o2755,
+            },
+        ],
+    ));
+}
+
+/// Found by seed 11: writing through one name of a lower hard-link pair
+/// must keep the pair linked (overlayfs index=on does).
+#[test]
+fn write_to_lower_hardlink_in_other_dir_keeps_link() {
+    assert_same(&sc(
+        vec![vec![
+            Node::file("a/a/a", b""),
+            Node::hardlink("b/e/d", "a/a/a"),
+        ]],
+        vec![Op::Write {
+            path: p("b/e/d"),
+            offset: 113,
+            len: 3036,
+            byte: 68,
+        }],
+    ));
+}
+
+/// overlayfs marks a directory created in a merged parent opaque in the
+/// upper; an upper without the marker changes meaning when a later lower
+/// gains the same directory.
+#[test]
+fn mkdir_in_merged_dir_writes_opaque_marker() {
+    assert_same(&sc(
+        vec![vec![], vec![]],
+        vec![Op::Mkdir {
+            path: p("new"),
+            mode: 0o755,
+        }],
+    ));
+}
+
 // ---- upper format ----
 
 /// An upper written by unionfs must not carry private `trusted.*` xattrs:
