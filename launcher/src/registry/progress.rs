@@ -40,6 +40,7 @@ pub struct Progress {
 /// One blob's bar (or line).
 pub struct BlobProgress {
     mode: Mode,
+    multi: MultiProgress,
     bar: ProgressBar,
     label: String,
 }
@@ -91,6 +92,7 @@ impl Progress {
         };
         BlobProgress {
             mode: self.mode,
+            multi: self.multi.clone(),
             bar,
             label,
         }
@@ -111,9 +113,12 @@ impl BlobProgress {
     /// Mark done with a word ("done", "skipped: already exists").
     pub fn finish(&self, outcome: &str) {
         match self.mode {
-            Mode::Bars => self
-                .bar
-                .finish_with_message(format!("{} {outcome}", self.label)),
+            // The finished line is printed above the live bars, so it stays
+            // on screen however the bars below are redrawn.
+            Mode::Bars => {
+                self.bar.finish_and_clear();
+                let _ = self.multi.println(format!("{} {outcome}", self.label));
+            }
             Mode::Lines => eprintln!("{} {outcome}", self.label),
             Mode::Quiet => {}
         }
@@ -122,8 +127,8 @@ impl BlobProgress {
     /// Mark failed.
     pub fn abandon(&self) {
         if self.mode == Mode::Bars {
-            self.bar
-                .abandon_with_message(format!("{} failed", self.label));
+            self.bar.finish_and_clear();
+            let _ = self.multi.println(format!("{} failed", self.label));
         }
     }
 }
