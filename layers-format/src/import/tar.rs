@@ -225,11 +225,14 @@ fn read_entries(
         let at = |problem: String| Error::bad_input(format!("{source}: entry {shown:?}"), problem);
         let comps = sanitize_path(source, &path)?;
         let header = entry.header();
+        let old = header.as_old();
         let mut meta = Meta {
-            mode: header.mode().map_err(|e| at(e.to_string()))? & 0o7777,
-            uid: header.uid().map_err(|e| at(e.to_string()))? as u32,
-            gid: header.gid().map_err(|e| at(e.to_string()))? as u32,
-            mtime_sec: header.mtime().map_err(|e| at(e.to_string()))? as i64,
+            mode: numeric(header.mode().map(u64::from), &old.mode).map_err(|e| at(e.to_string()))?
+                as u32
+                & 0o7777,
+            uid: numeric(header.uid(), &old.uid).map_err(|e| at(e.to_string()))? as u32,
+            gid: numeric(header.gid(), &old.gid).map_err(|e| at(e.to_string()))? as u32,
+            mtime_sec: numeric(header.mtime(), &old.mtime).map_err(|e| at(e.to_string()))? as i64,
             ..Meta::default()
         };
         meta.ctime_sec = meta.mtime_sec;
@@ -371,6 +374,16 @@ fn read_entries(
         }
     }
     Ok(b)
+}
+
+/// A numeric header field; a field left blank (all NUL or spaces, as some
+/// writers do) reads as 0, anything else malformed is an error.
+fn numeric(parsed: std::io::Result<u64>, raw: &[u8]) -> std::io::Result<u64> {
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|&c| c == 0 || c == b' ') => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 /// Find an existing node by path without following symlinks.
