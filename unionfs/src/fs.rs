@@ -309,7 +309,8 @@ impl UnionFs {
             return Err(libc::EPERM);
         }
         let (p, pfd, _) = self.prepare_create(newparent, newname)?;
-        self.u.copy_up(&node, false)?;
+        // With data: the new name has no lower file to take metadata-only data from.
+        self.u.copy_up(&node, true)?;
         let st = node.snapshot();
         let sp = st.parent.clone().ok_or(libc::EIO)?;
         let sfd = sp.upper_dir().ok_or(libc::EIO)?;
@@ -446,11 +447,12 @@ impl UnionFs {
             }
             _ => {}
         }
-        // Copy up what moves (directories without data: only the dir itself).
-        self.u.copy_up(&src, false)?;
+        // Copy up what moves. Files get their data too: a metadata-only copy
+        // finds its data by name, which a rename changes.
+        self.u.copy_up(&src, src.kind != EntryKind::Dir)?;
         if exchange {
             if let Some((d, _)) = &dst {
-                self.u.copy_up(d, false)?;
+                self.u.copy_up(d, d.kind != EntryKind::Dir)?;
             }
         }
         let ofd = self.u.ensure_upper_dir(&op)?;

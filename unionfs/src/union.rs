@@ -18,6 +18,11 @@ use crate::layer::{EntryKind, LNode, Layer, LayerAttr, LayerData};
 use crate::sys::{self, Time};
 use crate::whiteout;
 
+/// Files at least this big get a metadata-only copy-up for chmod/chown/
+/// utimes/xattr changes. Smaller ones are copied whole: cheap, and readable
+/// by kernel overlayfs mounted without `metacopy=on`.
+pub const METACOPY_MIN_SIZE: u64 = 1 << 20;
+
 /// errno-carrying result.
 pub type Res<T> = Result<T, i32>;
 
@@ -243,7 +248,7 @@ impl Union {
 
     fn origin_of(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Option<u64> {
         let up = self.upper.as_ref()?;
-        let v = sys::get_xattr_at(dir, name, &up.key("unionfs.origin")).ok()??;
+        let v = sys::get_xattr_at(dir, name, &up.key("overlay.unionfs.origin")).ok()??;
         std::str::from_utf8(&v).ok()?.parse().ok()
     }
 
@@ -419,9 +424,8 @@ impl Union {
                     let keep_upper =
                         st.upper.is_some() && state.upper.is_none() && kind != EntryKind::Dir;
                     if keep_upper {
-                        // The other name of a copied-up hard link: keep the upper state.
-                        st.parent = state.parent;
-                        st.name = state.name;
+                        // The other name of a copied-up hard link: keep the upper
+                        // state; `link_up` moves the node to this name once linked.
                     } else {
                         *st = state;
                     }
@@ -606,7 +610,7 @@ impl Union {
                         0o600,
                     )
                     .map_err(errno)?;
-                    if !with_data && self.opts.metacopy && attr.size > 0 {
+                    if !with_data && self.opts.metacopy && attr.size >= METACOPY_MIN_SIZE {
                         sys::ftruncate(f.as_fd(), attr.size).map_err(errno)?;
                         sys::set_xattr_at(f.as_fd(), b"", &up.key("overlay.metacopy"), b"", 0)
                             .map_err(errno)?;
@@ -638,7 +642,7 @@ impl Union {
             let _ = sys::set_xattr_at(
                 work,
                 &tmp,
-                &up.key("unionfs.origin"),
+                &up.key("overlay.unionfs.origin"),
                 node.ino.to_string().as_bytes(),
                 0,
             );
