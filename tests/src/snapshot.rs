@@ -96,6 +96,11 @@ pub struct Snapshot {
     pub entries: BTreeMap<String, Entry>,
     /// Walk errors (`path: error`).
     pub errors: Vec<String>,
+    /// Names readdir listed but lstat could not find (ENOENT). Kernel
+    /// overlayfs lists a whiteout in a directory that is not merged (nothing
+    /// below it) yet hides it from lookup; such ghosts on the reference side
+    /// are ignored.
+    pub ghosts: Vec<String>,
 }
 
 fn type_char(ft: fs::FileType) -> char {
@@ -156,6 +161,10 @@ fn walk(root: &Path, rel: &str, kind: SnapshotKind, snap: &mut Snapshot, depth: 
         let full = root.join(&path);
         let md = match fs::symlink_metadata(&full) {
             Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                snap.ghosts.push(path);
+                continue;
+            }
             Err(e) => {
                 snap.errors.push(format!("lstat {path:?}: {e}"));
                 continue;
@@ -272,6 +281,12 @@ pub fn compare_with(
             .collect()
     };
     let mut out = Vec::new();
+    let new_ghosts: Vec<&String> = b.ghosts.iter().filter(|g| !a.ghosts.contains(g)).collect();
+    if !new_ghosts.is_empty() {
+        out.push(format!(
+            "unionfs readdir lists names lstat cannot find: {new_ghosts:?}"
+        ));
+    }
     if a.errors != b.errors {
         out.push(format!(
             "walk errors: overlayfs {:?} vs unionfs {:?}",
