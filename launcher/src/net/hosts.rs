@@ -57,6 +57,9 @@ pub(crate) fn render(state: &State, c: &ContainerRec) -> String {
     }
     let me = netns_owner(state, c);
     match me.endpoints.values().next() {
+        Some(ep) if c.hostname == short(&c.id) => {
+            out.push_str(&format!("{}\t{}\n", ep.ip, c.hostname))
+        }
         Some(ep) => out.push_str(&format!("{}\t{} {}\n", ep.ip, c.hostname, short(&c.id))),
         None => out.push_str(&format!("127.0.1.1\t{}\n", c.hostname)),
     }
@@ -71,7 +74,7 @@ pub(crate) fn render(state: &State, c: &ContainerRec) -> String {
             lines.push(format!("{ip}\t{}", names.join(" ")));
         }
     }
-    for (net, ep) in &me.endpoints {
+    for net in me.endpoints.keys() {
         if net == DEFAULT_NETWORK {
             continue;
         }
@@ -94,7 +97,6 @@ pub(crate) fn render(state: &State, c: &ContainerRec) -> String {
                 }
             }
         }
-        let _ = ep;
     }
     lines.dedup();
     for l in lines {
