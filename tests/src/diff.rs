@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::mount::{self, is_mounted, KernelMount, UnionfsCmd, KERNEL_OPTS};
+use crate::mount::{self, is_mounted, KernelMount, UnionfsCmd, KERNEL_METACOPY_OPTS, KERNEL_OPTS};
 use crate::ops::result_name;
 use crate::snapshot::{compare, compare_with, snapshot, Snapshot, SnapshotKind};
 use crate::spec::LayerSpec;
@@ -30,6 +30,10 @@ pub struct Config {
     /// Ignore unionfs's `trusted.unionfs.*` bookkeeping xattrs in the upper
     /// and remount comparisons (see `snapshot::compare_with`).
     pub ignore_private_xattrs: bool,
+    /// Run the reference kernel mount with metacopy=on (its upper then holds
+    /// metacopy files with redirects, which unionfs must read in the
+    /// unionfs-over-kernel-upper check).
+    pub kernel_metacopy: bool,
 }
 
 impl Config {
@@ -42,6 +46,7 @@ impl Config {
             cross_remount: true,
             minimise_budget: 400,
             ignore_private_xattrs: true,
+            kernel_metacopy: false,
         })
     }
 }
@@ -183,7 +188,12 @@ pub fn run(sc: &Scenario, cfg: &Config) -> Result<Option<Divergence>> {
     let u = prepare(&ws.side("u"), sc)?;
     ws.mounts
         .extend([k.mnt.clone(), u.mnt.clone(), ws.side("x").join("mnt")]);
-    mount::mount_kernel(&k.lowers, &k.upper, &k.work, &k.mnt)?;
+    let kopts = if cfg.kernel_metacopy {
+        KERNEL_METACOPY_OPTS
+    } else {
+        KERNEL_OPTS
+    };
+    mount::mount_kernel(&k.lowers, &k.upper, &k.work, &k.mnt, kopts)?;
     let kmount = KernelMount::guard(&k.mnt);
     let log = ws.dir.join("unionfs.log");
     let mut um = match cfg
@@ -307,15 +317,16 @@ pub fn run(sc: &Scenario, cfg: &Config) -> Result<Option<Divergence>> {
         for d in [&xwork, &xmnt] {
             std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
         }
-        let view = match mount::mount_kernel(&u.lowers, &u.upper, &xwork, &xmnt) {
-            Ok(()) => {
-                let g = KernelMount::guard(&xmnt);
-                let s = snapshot(&xmnt, SnapshotKind::Visible);
-                g.unmount()?;
-                Ok(s)
-            }
-            Err(e) => Err(format!("{e:#}")),
-        };
+        let view =
+            match mount::mount_kernel(&u.lowers, &u.upper, &xwork, &xmnt, KERNEL_METACOPY_OPTS) {
+                Ok(()) => {
+                    let g = KernelMount::guard(&xmnt);
+                    let s = snapshot(&xmnt, SnapshotKind::Visible);
+                    g.unmount()?;
+                    Ok(s)
+                }
+                Err(e) => Err(format!("{e:#}")),
+            };
         match view {
             Ok(s) => {
                 let d = compare_with(

@@ -9,10 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-/// Kernel overlayfs options used for the reference mount: directory rename
-/// (redirect), hardlink-preserving copy-up (index) and metadata-only
-/// copy-up (metacopy), like unionfs does, so each can read the other's upper.
-pub const KERNEL_OPTS: &str = "redirect_dir=on,index=on,metacopy=on";
+/// Kernel overlayfs options of the reference mount: directory rename
+/// (redirect) and hardlink-preserving copy-up (index) like unionfs does;
+/// metacopy off, this kernel's default, so data is copied up in full.
+pub const KERNEL_OPTS: &str = "redirect_dir=on,index=on,metacopy=off";
+
+/// As [`KERNEL_OPTS`] with metadata-only copy-up: needed to read an upper
+/// holding metacopy files (unionfs writes them for big files), and to test
+/// that unionfs reads kernel-written metacopy+redirect files.
+pub const KERNEL_METACOPY_OPTS: &str = "redirect_dir=on,index=on,metacopy=on";
 
 /// Path of the `unionfs` binary: `$STRATA_UNIONFS`, else
 /// `<workspace>/target/{debug,release}/unionfs` (also under `$CARGO_TARGET_DIR`).
@@ -60,14 +65,20 @@ pub fn is_mounted(mnt: &Path) -> bool {
 }
 
 /// Mount kernel overlayfs at `mnt`; `lowers` top first.
-pub fn mount_kernel(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Result<()> {
+pub fn mount_kernel(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    mnt: &Path,
+    opts: &str,
+) -> Result<()> {
     let lower = lowers
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
     let data = format!(
-        "lowerdir={lower},upperdir={},workdir={},{KERNEL_OPTS}",
+        "lowerdir={lower},upperdir={},workdir={},{opts}",
         upper.display(),
         work.display()
     );

@@ -708,6 +708,37 @@ fn mkdir_in_merged_dir_writes_opaque_marker() {
     ));
 }
 
+/// unionfs mounted over an upper that kernel overlayfs wrote with
+/// metacopy=on: renamed and linked lower files there are metacopy files
+/// whose data is found through a `trusted.overlay.redirect` path.
+#[test]
+fn unionfs_reads_kernel_metacopy_redirect_upper() {
+    let s = on_base(vec![
+        Op::Rename {
+            from: p("d/top"),
+            to: p("fresh"),
+            mode: RenameMode::NoReplace,
+        },
+        Op::Rename {
+            from: p("shared"),
+            to: p("d/mid"),
+            mode: RenameMode::Exchange,
+        },
+        Op::Chown {
+            path: p("big"),
+            uid: 7,
+            gid: 7,
+        },
+    ]);
+    let cfg = Config {
+        kernel_metacopy: true,
+        ..cfg()
+    };
+    if let Err(e) = check(&s, &cfg) {
+        panic!("unionfs misreads a kernel metacopy upper: {e}");
+    }
+}
+
 // ---- upper format ----
 
 /// An upper written by unionfs must not carry private `trusted.*` xattrs:

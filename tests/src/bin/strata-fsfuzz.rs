@@ -52,6 +52,9 @@ struct Args {
     /// Also compare unionfs's own `trusted.unionfs.*` xattrs in the upper.
     #[arg(long)]
     strict_xattrs: bool,
+    /// Reference kernel mount with metacopy=on (default off, like this kernel).
+    #[arg(long)]
+    kernel_metacopy: bool,
     /// Stop at the first divergence.
     #[arg(long)]
     stop: bool,
@@ -79,6 +82,7 @@ fn main() -> Result<()> {
         cross_remount: !args.no_cross,
         minimise_budget: args.minimise_budget,
         ignore_private_xattrs: !args.strict_xattrs,
+        kernel_metacopy: args.kernel_metacopy,
     };
     if let Some(input) = &args.input {
         let data = std::fs::read(input).with_context(|| format!("read {}", input.display()))?;
