@@ -14,7 +14,7 @@ use crate::rootmount::RootMount;
 
 /// The merged rootfs of `c`: the live mount while it runs, else a fresh
 /// read-only view (or the `--rootfs` directory).
-pub fn view(d: &Dirs, c: &Container) -> Result<RootView> {
+pub fn view(d: &Dirs, c: &Container, writable: bool) -> Result<RootView> {
     if let Some(dir) = &c.config.rootfs_dir {
         return Ok(RootView {
             path: dir.clone(),
@@ -28,7 +28,7 @@ pub fn view(d: &Dirs, c: &Container) -> Result<RootView> {
             _mount: None,
         });
     }
-    let m = RootMount::mount_view(c, &d.store)?;
+    let m = RootMount::mount_view(c, &d.store, writable)?;
     Ok(RootView {
         path: m.path().to_path_buf(),
         _mount: Some(m),
@@ -62,7 +62,7 @@ pub fn cp(d: &Dirs, src: &str, dst: &str) -> Result<()> {
     match (split_ref(src), split_ref(dst)) {
         (Some((name, path)), None) => {
             let c = container::find(&d.store, &d.state, name)?;
-            let v = view(d, &c)?;
+            let v = view(d, &c, false)?;
             let from = rootfs::secure_join(v.path(), path)?;
             if fs::symlink_metadata(&from).is_err() {
                 bail!("no such file or directory in container {name}: {path}");
@@ -75,7 +75,7 @@ pub fn cp(d: &Dirs, src: &str, dst: &str) -> Result<()> {
             if fs::symlink_metadata(&from).is_err() {
                 bail!("no such file or directory on the host: {src}");
             }
-            let v = view(d, &c)?;
+            let v = view(d, &c, true)?;
             let to = rootfs::secure_join(v.path(), path)?;
             copy_any(&from, &target_for(&from, &to))
         }
@@ -113,7 +113,7 @@ fn copy_any(from: &Path, to: &Path) -> Result<()> {
 
 /// Write the merged rootfs as a tar to `out` (stdout when None).
 pub fn export(d: &Dirs, c: &Container, out: Option<&Path>) -> Result<()> {
-    let v = view(d, c)?;
+    let v = view(d, c, false)?;
     let sink: Box<dyn Write> = match out {
         Some(p) => Box::new(File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),

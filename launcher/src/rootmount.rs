@@ -79,7 +79,9 @@ impl RootMount {
 
     /// A read-only view of the merged rootfs (upper as the top lower), for
     /// `export` and `cp` of a stopped container, at a private path.
-    pub fn mount_view(c: &Container, store: &Path) -> Result<Self> {
+    /// With `writable` the container's own upper and work dirs are used
+    /// (for `cp` into a stopped container).
+    pub fn mount_view(c: &Container, store: &Path, writable: bool) -> Result<Self> {
         if let Some(dir) = &c.config.rootfs_dir {
             return Ok(Self {
                 path: dir.clone(),
@@ -89,12 +91,15 @@ impl RootMount {
         }
         let mp = c.paths.run.join(format!("view-{}", std::process::id()));
         clear_stale(&mp)?;
-        let mut lowers = vec![LowerSpec::Dir(c.paths.upper())];
+        let mut lowers = Vec::new();
+        if !writable {
+            lowers.push(LowerSpec::Dir(c.paths.upper()));
+        }
         lowers.extend(store_lowers(c, store));
         let cfg = MountConfig {
             lowers,
-            upper: None,
-            work: None,
+            upper: writable.then(|| c.paths.upper()),
+            work: writable.then(|| c.paths.work()),
             fsname: format!("strata-view-{}", c.short_id()),
             ..MountConfig::default()
         };
