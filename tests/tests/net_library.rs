@@ -660,4 +660,9 @@ fn host_namespace_is_untouched() {
         !tables.contains("ip strata"),
         "strata nft table in the host namespace"
     );
+    let named = sh_any("ip netns list 2>/dev/null");
+    assert!(
+        !named.contains("strata"),
+        "strata network namespaces left: {named}"
+    );
 }

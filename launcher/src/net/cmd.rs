@@ -120,7 +120,15 @@ pub(crate) fn host_routes() -> Result<Vec<String>> {
             let mut first = words.next()?;
             if matches!(
                 first,
-                "local" | "broadcast" | "unicast" | "throw" | "unreachable" | "prohibit"
+                "local"
+                    | "broadcast"
+                    | "unicast"
+                    | "multicast"
+                    | "anycast"
+                    | "throw"
+                    | "unreachable"
+                    | "prohibit"
+                    | "blackhole"
             ) {
                 first = words.next()?;
             }

@@ -117,13 +117,10 @@ fn choose_subnet(state: &State) -> Result<Subnet> {
     let routes: Vec<Subnet> = cmd::host_routes()?
         .iter()
         .filter_map(|r| {
-            if r.contains('/') {
-                Subnet::parse(r).ok().map(|s| s.normalized())
-            } else {
-                r.parse::<Ipv4Addr>()
-                    .ok()
-                    .map(|addr| Subnet { addr, prefix: 32 })
-            }
+            let (addr, prefix) = r.split_once('/').unwrap_or((r.as_str(), "32"));
+            let addr = addr.parse::<Ipv4Addr>().ok()?;
+            let prefix = prefix.parse::<u8>().ok().filter(|p| *p <= 32)?;
+            Some(Subnet { addr, prefix }.normalized())
         })
         .collect();
     candidate_subnets()
