@@ -164,6 +164,7 @@ impl Union {
             opaque: false,
             unlinked: false,
             pinned: None,
+            lower_nlink: 0,
         };
         let nodes = DashMap::new();
         let root = Arc::new(Node::new(ROOT_INO, EntryKind::Dir, root_state));
@@ -394,6 +395,7 @@ impl Union {
             opaque,
             unlinked: false,
             pinned: None,
+            lower_nlink: 0,
         };
         let node = self.install_node(ino, kind, state)?;
         // A hard link whose other name was copied up: link this name too.
@@ -500,6 +502,9 @@ impl Union {
             && ((st.upper.is_some() && !st.lowers.is_empty()) || st.lowers.len() > 1)
         {
             a.nlink = 1;
+        }
+        if matches!(st.upper, Some(UpperRef::Entry)) && st.lower_nlink > a.nlink && !st.unlinked {
+            a.nlink = st.lower_nlink;
         }
         if st.unlinked && st.pinned.is_none() && node.kind != EntryKind::Dir {
             a.nlink = 0;
@@ -697,6 +702,11 @@ impl Union {
         let mut w = node.state.write();
         w.upper = Some(upper_ref);
         w.metacopy = metacopy;
+        w.lower_nlink = if node.kind == EntryKind::Dir {
+            0
+        } else {
+            attr.nlink
+        };
         drop(w);
         self.invalidate_dir(parent.ino);
         Ok(())
