@@ -93,9 +93,12 @@ struct Args {
     /// A backend from a mount command template (repeatable).
     #[arg(long, value_name = "SPEC")]
     custom: Vec<String>,
-    /// Only build (or check) the dataset and exit.
+    /// Only build (or check) the dataset (and the store, for strata-store) and exit.
     #[arg(long)]
     prepare_only: bool,
+    /// Run nothing: print the table (and --chart, --table) of a saved --json file.
+    #[arg(long, value_name = "FILE.json")]
+    report_from: Option<PathBuf>,
 }
 
 fn main() {
@@ -108,6 +111,13 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.report_from {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: report::Results = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a cowbench --json file", path.display()))?;
+        return write_outputs(&args, &results);
+    }
     let scale = if args.quick { Scale::Quick } else { args.scale };
     if args.reps == 0 {
         bail!("--reps must be at least 1");
@@ -155,18 +165,23 @@ fn real_main() -> Result<()> {
         dir: &args.dir,
         command,
     })?;
-    let table = report::markdown(&results);
+    write_outputs(&args, &results)
+}
+
+/// Prints the table and writes the files asked for.
+fn write_outputs(args: &Args, results: &report::Results) -> Result<()> {
+    let table = report::markdown(results);
     print!("{table}");
     if let Some(path) = &args.table {
         std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&results)?;
+        let json = serde_json::to_vec_pretty(results)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
         progress!("raw results: {}", path.display());
     }
     if let Some(path) = &args.chart {
-        match chart::write_svg(&results, path) {
+        match chart::write_svg(results, path) {
             Ok(()) => progress!("chart: {}", path.display()),
             Err(err) => progress!("no chart: {err:#}"),
         }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The backend every ratio is relative to.
 pub const BASELINE: &str = "overlay";
@@ -38,7 +38,7 @@ pub fn is_fact(metric: &str) -> bool {
 }
 
 /// One measured value.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
     /// Backend label.
     pub backend: String,
@@ -63,7 +63,7 @@ pub struct Sample {
 }
 
 /// A workload that could not run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Failure {
     /// Backend label.
     pub backend: String,
@@ -76,7 +76,7 @@ pub struct Failure {
 }
 
 /// Median, spread and ratio of one backend on one metric.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     /// Backend label.
     pub backend: String,
@@ -104,7 +104,7 @@ pub struct Summary {
 }
 
 /// Facts about the run, stored with the results.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Meta {
     /// When the run started (UTC).
     pub date: String,
@@ -129,7 +129,7 @@ pub struct Meta {
 }
 
 /// Everything `--json` writes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     /// Run facts.
     pub meta: Meta,
