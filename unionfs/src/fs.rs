@@ -246,8 +246,8 @@ impl UnionFs {
             return Err(libc::EPERM);
         }
         sys::mknod_at(pfd.as_fd(), name, fmt | (mode & 0o7777), rdev).map_err(errno)?;
-        let _ = sys::chmod_at(pfd.as_fd(), name, mode & 0o7777);
         self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+        let _ = sys::chmod_at(pfd.as_fd(), name, mode & 0o7777);
         self.finish_create(&p, name)
     }
 
@@ -270,7 +270,9 @@ impl UnionFs {
         let res = (|| -> Res<()> {
             sys::mkdir_at(work, &tmp, mode & 0o7777).map_err(errno)?;
             sys::chmod_at(work, &tmp, mode & 0o7777).map_err(errno)?;
-            if below {
+            // Like overlayfs: a new directory in a merged parent is opaque.
+            let merged_parent = !p.snapshot().lowers.is_empty();
+            if below || merged_parent {
                 self.u.set_opaque(work, &tmp)?;
             }
             sys::rename_at(work, &tmp, pfd.as_fd(), name, libc::RENAME_NOREPLACE).map_err(errno)?;
@@ -1461,8 +1463,9 @@ impl Filesystem for UnionFs {
                 mode & 0o7777,
             )
             .map_err(errno)?;
-            let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
+            // Owner first: chown clears set-id bits.
             self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+            let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
             drop(fd);
             self.finish_create(&p, name)
         })();
