@@ -313,6 +313,17 @@ fn published_ports_tcp_udp_all_source_and_release() {
         assert_eq!(r, "udp80 10.250.0.2", "udp source not kept");
     }
 
+    // Hairpin: a container on the bridge uses the published port through
+    // the host's (gateway) address.
+    let peer = Ctr::new(dir, "peer");
+    peer.attach(dir, &on("bridge"));
+    let r = peer
+        .ask("tcp", &gw, 18082, 20)
+        .expect("hairpin to published port");
+    assert_eq!(r, format!("tcp80 {gw}"));
+    net::detach(dir, &peer.id).expect("detach peer");
+    drop(peer);
+
     // -P: 9000 on a pool port, shown by port_lines.
     let p9000 = att
         .ports
@@ -378,7 +389,7 @@ fn published_ports_tcp_udp_all_source_and_release() {
     }
     std::net::UdpSocket::bind("0.0.0.0:18081").expect("udp port freed");
     let table = sh("nft list table ip strata");
-    assert!(!table.contains("dnat"), "rules left:\n{table}");
+    assert!(!table.contains("dnat to"), "rules left:\n{table}");
     sh("ip link del tcl0");
 }
 

@@ -7,6 +7,8 @@
 //!   (the only case where the client address cannot be kept: 127.0.0.1 is
 //!   not routable in the container) and, for networks with masquerading,
 //!   traffic from the subnet leaving through another interface.
+//!   Traffic from a network back into the same network after DNAT (a
+//!   container using a published port) is masqueraded too (hairpin).
 //! * `forward` (filter): traffic between two different strata networks is
 //!   dropped, so networks are isolated from each other.
 
@@ -52,6 +54,13 @@ pub(crate) fn render(state: &State) -> String {
             post,
             "    oifname \"{}\" ip saddr 127.0.0.0/8 masquerade",
             n.bridge
+        );
+        // Hairpin: a container reaching a published port of its own network
+        // through a host address; without this the reply would bypass the host.
+        let _ = writeln!(
+            post,
+            "    oifname \"{}\" ip saddr {} ct status dnat masquerade",
+            n.bridge, n.subnet
         );
         if n.masquerade {
             let _ = writeln!(
