@@ -27,6 +27,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod net;
 pub mod netglue;
+pub mod oci;
 pub mod process;
 pub mod registry;
 pub mod restart;

@@ -12,6 +12,7 @@ pub mod completion;
 pub mod container;
 pub mod image;
 pub mod network;
+pub mod oci;
 pub mod registry;
 pub mod store;
 pub mod system;
@@ -100,6 +101,8 @@ pub enum Command {
     /// System-wide operations.
     #[command(subcommand)]
     System(system::Command),
+    /// The runc-compatible OCI runtime (create, start, state, kill, delete).
+    Oci(oci::Args),
     /// Print a shell completion script (bash, zsh, fish...).
     Completion(completion::CompletionArgs),
     /// Print the manual page, or write one per command into a directory.
@@ -126,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Network(cmd) => network::run(cmd, &cli.globals),
         Command::Volume(cmd) => volume::run(cmd, &cli.globals),
         Command::System(cmd) => system::run(cmd, &cli.globals),
+        Command::Oci(args) => oci::run(args),
         Command::Completion(args) => completion::run_completion(args),
         Command::Man(args) => completion::run_man(args),
     };
