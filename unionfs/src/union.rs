@@ -323,7 +323,8 @@ impl Union {
             Some(EntryKind::Dir) => !opaque,
             Some(_) => metacopy,
         };
-        if search_lowers && !ps.opaque {
+        // An absolute redirect reaches the lowers from the root, even under an opaque parent.
+        if search_lowers && (!ps.opaque || redirect.is_some()) {
             if redirect.is_some() {
                 for l in 0..self.layers.len() {
                     if let Some(n) = self.walk_lower_path(l, &lower_path) {
