@@ -78,6 +78,8 @@ struct HashingReader<'p, R> {
     hasher: Sha256,
     count: u64,
     progress: Option<Progress<'p>>,
+    /// When false, only count (the digest is known to equal another one).
+    enabled: bool,
 }
 
 impl<'p, R: Read> HashingReader<'p, R> {
@@ -87,6 +89,7 @@ impl<'p, R: Read> HashingReader<'p, R> {
             hasher: Sha256::new(),
             count: 0,
             progress,
+            enabled: true,
         }
     }
 
@@ -101,7 +104,9 @@ impl<'p, R: Read> HashingReader<'p, R> {
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.enabled {
+            self.hasher.update(&buf[..n]);
+        }
         self.count += n as u64;
         if let Some(p) = self.progress {
             p(n as u64);
@@ -161,16 +166,24 @@ pub(crate) fn import<R: Read>(
         ),
         Compression::None | Compression::Auto => Box::new(&mut outer),
     };
+    // An uncompressed stream's diff id is its digest: hash it once.
+    let plain = matches!(compression, Compression::None | Compression::Auto);
     let mut inner = HashingReader::new(decoded, None);
+    inner.enabled = !plain;
     let mut staging = Staging::new(store);
     let builder = read_entries(&mut inner, &mut staging, &source)?;
     // Drain trailing padding so that both digests cover the whole stream.
     std::io::copy(&mut inner, &mut std::io::sink())
         .map_err(|e| Error::bad_input(&source, format!("reading the end of the stream: {e}")))?;
-    let (diff_id, size) = inner.finish();
+    let (inner_digest, inner_size) = inner.finish();
     std::io::copy(&mut outer, &mut std::io::sink())
         .map_err(|e| Error::bad_input(&source, format!("reading the end of the stream: {e}")))?;
     let (digest, compressed_size) = outer.into_inner().finish();
+    let (diff_id, size) = if plain {
+        (digest.clone(), compressed_size)
+    } else {
+        (inner_digest, inner_size)
+    };
     for (want, got, what) in [
         (&opts.expect_digest, &digest, "blob"),
         (&opts.expect_diff_id, &diff_id, "uncompressed layer"),
