@@ -260,10 +260,12 @@ mod tests {
             127
         );
         assert_eq!(find_executable("/", &env).unwrap_err().code, 126);
-        assert_eq!(
-            find_executable("/etc/hostname", &env).unwrap_err().code,
-            126
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "data").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let plain = plain.to_string_lossy().into_owned();
+        assert_eq!(find_executable(&plain, &env).unwrap_err().code, 126);
         assert!(find_executable("sh", &env).is_ok());
     }
 }

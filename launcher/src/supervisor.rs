@@ -310,7 +310,7 @@ fn run_container(
         None
     };
     let mut mounts = volumes::prepare(c, &opts.store, root.path())?;
-    mounts.sort_by(|a, b| a.target.len().cmp(&b.target.len()));
+    mounts.sort_by_key(|m| m.target.len());
 
     if opts.attach_wait {
         let mut inner = shared.lock();
@@ -483,9 +483,8 @@ fn start_once(
     if cfg.tty {
         let pty = nix::pty::openpty(None, None).context("allocating a pseudo terminal")?;
         let _ = sys::set_winsize(pty.master.as_fd(), 24, 80);
-        console = Some(PathBuf::from(
-            nix::unistd::ttyname(pty.slave.as_fd()).context("naming the pseudo terminal")?,
-        ));
+        console =
+            Some(nix::unistd::ttyname(pty.slave.as_fd()).context("naming the pseudo terminal")?);
         let master = File::from(pty.master);
         stdio = [pty.slave.as_raw_fd(); 3];
         keep_for_child.push(pty.slave);

@@ -20,9 +20,9 @@ use crate::{exec, inspect, logs, restart, signals, supervisor, timefmt, volumes}
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Create and start a container.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create a container without starting it.
-    Create(RunArgs),
+    Create(Box<RunArgs>),
     /// Start stopped containers.
     Start {
         /// Attach to output and wait for the exit.
