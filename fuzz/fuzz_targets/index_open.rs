@@ -35,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(steps <= index.dirent_count(), "walk visits an entry twice");
             assert_eq!(index.lookup(dir, entry.name), Some(entry.ino));
             assert_eq!(index.kind(entry.ino), Some(entry.kind));
-            assert!(index.readdir(dir, next).next().is_none_or(|(_, e)| e.name > entry.name));
+            assert!(index
+                .readdir(dir, next)
+                .next()
+                .is_none_or(|(_, e)| e.name > entry.name));
             if entry.kind == FileKind::Directory {
                 assert_eq!(index.parent(entry.ino), Some(dir));
                 stack.push(entry.ino);

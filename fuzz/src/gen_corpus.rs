@@ -14,37 +14,66 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 fn indexes(dir: &Path) {
-    write(dir, "empty-root", &IndexBuilder::new().build().expect("build"));
+    write(
+        dir,
+        "empty-root",
+        &IndexBuilder::new().build().expect("build"),
+    );
     let mut b = IndexBuilder::new();
     let root = b.root();
     let etc = b.insert_dir(root, b"etc", Meta::default()).expect("dir");
     let f = b
-        .insert_file(etc, b"hostname", Meta::default(), 7, FileData::Inline(b"strata\n".to_vec()))
+        .insert_file(
+            etc,
+            b"hostname",
+            Meta::default(),
+            7,
+            FileData::Inline(b"strata\n".to_vec()),
+        )
         .expect("file");
     b.link(root, b"hostname-link", f).expect("link");
-    b.insert_file(root, b"big", Meta::default(), 1 << 20, FileData::Blob(BlobId([9; 32])))
-        .expect("blob");
-    b.insert_symlink(root, b"sh", Meta::default(), b"/bin/busybox").expect("symlink");
+    b.insert_file(
+        root,
+        b"big",
+        Meta::default(),
+        1 << 20,
+        FileData::Blob(BlobId([9; 32])),
+    )
+    .expect("blob");
+    b.insert_symlink(root, b"sh", Meta::default(), b"/bin/busybox")
+        .expect("symlink");
     b.insert_whiteout(root, b"gone").expect("whiteout");
     let mut x = Meta::default();
     x.xattrs.insert(b"user.a".to_vec(), b"1".to_vec());
-    x.xattrs.insert(b"security.capability".to_vec(), vec![1, 0, 0, 2]);
-    b.insert_special(root, b"null", x, FileKind::CharDevice).expect("dev");
+    x.xattrs
+        .insert(b"security.capability".to_vec(), vec![1, 0, 0, 2]);
+    b.insert_special(root, b"null", x, FileKind::CharDevice)
+        .expect("dev");
     let o = b.insert_dir(root, b"opaque", Meta::default()).expect("dir");
     b.set_opaque(o);
     write(dir, "mixed", &b.build().expect("build"));
     let mut b = IndexBuilder::new();
     let root = b.root();
     for i in 0..200 {
-        b.insert_file(root, format!("f{i}").as_bytes(), Meta::default(), 0, FileData::Empty)
-            .expect("file");
+        b.insert_file(
+            root,
+            format!("f{i}").as_bytes(),
+            Meta::default(),
+            0,
+            FileData::Empty,
+        )
+        .expect("file");
     }
     write(dir, "wide", &b.build().expect("build"));
 }
 
 fn tars(dir: &Path) {
     let mut t = tar::Builder::new(Vec::new());
-    let add = |t: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+    let add = |t: &mut tar::Builder<Vec<u8>>,
+               path: &str,
+               kind: tar::EntryType,
+               data: &[u8],
+               link: Option<&str>| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_size(data.len() as u64);
@@ -58,15 +87,48 @@ fn tars(dir: &Path) {
         }
     };
     add(&mut t, "etc", tar::EntryType::Directory, b"", None);
-    add(&mut t, "etc/hostname", tar::EntryType::Regular, b"strata\n", None);
-    add(&mut t, "etc/big", tar::EntryType::Regular, &[7u8; 300], None);
-    add(&mut t, "etc/hard", tar::EntryType::Link, b"", Some("etc/big"));
-    add(&mut t, "bin/sh", tar::EntryType::Symlink, b"", Some("busybox"));
+    add(
+        &mut t,
+        "etc/hostname",
+        tar::EntryType::Regular,
+        b"strata\n",
+        None,
+    );
+    add(
+        &mut t,
+        "etc/big",
+        tar::EntryType::Regular,
+        &[7u8; 300],
+        None,
+    );
+    add(
+        &mut t,
+        "etc/hard",
+        tar::EntryType::Link,
+        b"",
+        Some("etc/big"),
+    );
+    add(
+        &mut t,
+        "bin/sh",
+        tar::EntryType::Symlink,
+        b"",
+        Some("busybox"),
+    );
     add(&mut t, "dev/fifo", tar::EntryType::Fifo, b"", None);
     add(&mut t, ".wh.gone", tar::EntryType::Regular, b"", None);
-    add(&mut t, "etc/.wh..wh..opq", tar::EntryType::Regular, b"", None);
-    t.append_pax_extensions([("SCHILY.xattr.user.x", &b"value"[..]), ("mtime", &b"1700000000.5"[..])])
-        .expect("pax");
+    add(
+        &mut t,
+        "etc/.wh..wh..opq",
+        tar::EntryType::Regular,
+        b"",
+        None,
+    );
+    t.append_pax_extensions([
+        ("SCHILY.xattr.user.x", &b"value"[..]),
+        ("mtime", &b"1700000000.5"[..]),
+    ])
+    .expect("pax");
     add(&mut t, "etc/xattr", tar::EntryType::Regular, b"x", None);
     let plain = t.into_inner().expect("tar");
     write(dir, "layer.tar", &plain);
