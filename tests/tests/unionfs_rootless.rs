@@ -90,7 +90,10 @@ fn rootless_core_semantics_through_fusermount3() {
                 m.file_type().is_char_device() && m.rdev() == 0
             })
             .unwrap_or(false);
-        assert!(chr || s.u(&format!(".wh.{n}")).exists(), "upper has a whiteout for {n}");
+        assert!(
+            chr || s.u(&format!(".wh.{n}")).exists(),
+            "upper has a whiteout for {n}"
+        );
     }
     assert_eq!(fs::metadata(s.u("new/f")).expect("stat").uid(), uid);
     // Remount as the user: the same view.

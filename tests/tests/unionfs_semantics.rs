@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use unionfs_common::*;
 
 fn ino(p: &Path) -> u64 {
-    fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display())).ino()
+    fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
+        .ino()
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -52,7 +54,10 @@ fn whiteout_forms_are_all_honoured() {
     }
     // Deleting a lower name writes a char 0/0 whiteout (root form).
     fs::remove_file(s.m("keep")).expect("unlink through the mount");
-    assert!(is_char00(&s.u("keep")), "upper must hold a char 0/0 whiteout");
+    assert!(
+        is_char00(&s.u("keep")),
+        "upper must hold a char 0/0 whiteout"
+    );
     assert!(names(&s.mnt).is_empty());
     // User names starting with .wh. are refused.
     assert!(fs::write(s.m(".wh.evil"), b"x").is_err());
@@ -78,7 +83,10 @@ fn opaque_dirs_hide_lower_content() {
     fs::remove_dir(s.m("z")).expect("rmdir z");
     fs::create_dir(s.m("z")).expect("mkdir z");
     assert!(names(&s.m("z")).is_empty());
-    assert_eq!(get_xattr(&s.u("z"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        get_xattr(&s.u("z"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
 }
 
 #[test]
@@ -91,29 +99,49 @@ fn copy_up_preserves_metadata() {
     set_xattr(&f, "user.colour", b"blue");
     chmod(&s.lower(0, "dir"), 0o750);
     chown(&s.lower(0, "dir"), 42, 43);
-    sh(&format!("touch -d '2001-02-03 04:05:06' {} {}", f.display(), s.lower(0, "dir").display()));
+    sh(&format!(
+        "touch -d '2001-02-03 04:05:06' {} {}",
+        f.display(),
+        s.lower(0, "dir").display()
+    ));
     let lower_dir_mtime = fs::metadata(s.lower(0, "dir")).expect("stat").mtime();
     let _m = s.mount("");
-    let mut fh = fs::OpenOptions::new().append(true).open(s.m("dir/file")).expect("open for append");
+    let mut fh = fs::OpenOptions::new()
+        .append(true)
+        .open(s.m("dir/file"))
+        .expect("open for append");
     fh.write_all(b" world").expect("append");
     drop(fh);
     let md = fs::metadata(s.u("dir/file")).expect("copied up");
     assert_eq!(md.mode() & 0o7777, 0o741);
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
-    assert_eq!(get_xattr(&s.u("dir/file"), "user.colour").as_deref(), Some(&b"blue"[..]));
+    assert_eq!(
+        get_xattr(&s.u("dir/file"), "user.colour").as_deref(),
+        Some(&b"blue"[..])
+    );
     assert_eq!(fs::read(s.m("dir/file")).expect("read"), b"hello world");
     assert_eq!(fs::read(&f).expect("lower untouched"), b"hello");
     let dmd = fs::metadata(s.u("dir")).expect("parent copied up");
     assert_eq!(dmd.mode() & 0o7777, 0o750);
     assert_eq!((dmd.uid(), dmd.gid()), (42, 43));
-    assert_eq!(fs::metadata(s.m("dir")).expect("stat").mtime(), lower_dir_mtime, "parent mtime kept");
+    assert_eq!(
+        fs::metadata(s.m("dir")).expect("stat").mtime(),
+        lower_dir_mtime,
+        "parent mtime kept"
+    );
     // chmod-only copy-up keeps mtime.
     write(&s.lower(0, "t"), b"t");
-    sh(&format!("touch -d '2001-02-03 04:05:06' {}", s.lower(0, "t").display()));
+    sh(&format!(
+        "touch -d '2001-02-03 04:05:06' {}",
+        s.lower(0, "t").display()
+    ));
     let before = fs::metadata(s.m("t")).expect("stat").mtime();
     chmod(&s.m("t"), 0o600);
     assert_eq!(fs::metadata(s.m("t")).expect("stat").mtime(), before);
-    assert_eq!(fs::metadata(s.u("t")).expect("upper").mode() & 0o7777, 0o600);
+    assert_eq!(
+        fs::metadata(s.u("t")).expect("upper").mode() & 0o7777,
+        0o600
+    );
 }
 
 #[test]
@@ -133,13 +161,19 @@ fn atomic_copy_up_survives_kill_9() {
     let target = s.m("big");
     let writer = std::thread::spawn(move || {
         // Open for write starts the data copy-up.
-        let _ = fs::OpenOptions::new().append(true).open(&target).map(|mut f| f.write_all(b"!"));
+        let _ = fs::OpenOptions::new()
+            .append(true)
+            .open(&target)
+            .map(|mut f| f.write_all(b"!"));
     });
     // Wait until the copy is under way in the work dir, then kill the daemon.
     let deadline = Instant::now() + Duration::from_secs(20);
     let workdir = s.work.join("work");
     while Instant::now() < deadline {
-        if fs::read_dir(&workdir).map(|d| d.count() > 0).unwrap_or(false) {
+        if fs::read_dir(&workdir)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -161,9 +195,17 @@ fn atomic_copy_up_survives_kill_9() {
         md.len()
     );
     if let Ok(um) = fs::metadata(s.u("big")) {
-        assert!(um.len() >= 1 << 30, "partial file in the upper: {} bytes", um.len());
+        assert!(
+            um.len() >= 1 << 30,
+            "partial file in the upper: {} bytes",
+            um.len()
+        );
     }
-    assert_eq!(fs::read_dir(&workdir).expect("work dir").count(), 0, "work dir cleaned at mount");
+    assert_eq!(
+        fs::read_dir(&workdir).expect("work dir").count(),
+        0,
+        "work dir cleaned at mount"
+    );
     let mut f = fs::File::open(s.m("big")).expect("open");
     let mut buf = vec![0u8; 4096];
     f.seek(SeekFrom::Start((1 << 30) - 4096)).expect("seek");
@@ -181,7 +223,10 @@ fn metacopy_chown_copies_no_data() {
     let _m = s.mount("");
     sh(&format!("chown -R 4321:4321 {}", s.m("tree").display()));
     let used = disk_usage(&s.upper);
-    assert!(used < 1 << 20, "upper holds {used} bytes after chown -R: data was copied");
+    assert!(
+        used < 1 << 20,
+        "upper holds {used} bytes after chown -R: data was copied"
+    );
     for i in 0..4 {
         let p = s.m(&format!("tree/sub{}/f{i}", i % 2));
         let md = fs::metadata(&p).expect("stat");
@@ -190,7 +235,12 @@ fn metacopy_chown_copies_no_data() {
     }
     // First data write completes the copy.
     let p = s.m("tree/sub0/f0");
-    fs::OpenOptions::new().append(true).open(&p).expect("open").write_all(b"+").expect("append");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .expect("open")
+        .write_all(b"+")
+        .expect("append");
     let got = fs::read(&p).expect("read");
     assert_eq!(&got[..data.len()], &data[..]);
     assert_eq!(got.len(), data.len() + 1);
@@ -219,7 +269,10 @@ fn directory_rename_keeps_lower_content() {
     let _m = s.mount("");
     assert_eq!(names(&s.m("moved")), vec!["top"]);
     assert_eq!(fs::read(s.m("x/bb/deep")).expect("after remount"), b"deep");
-    assert_eq!(fs::read(s.m("x/bb/c/deeper")).expect("after remount"), b"deeper");
+    assert_eq!(
+        fs::read(s.m("x/bb/c/deeper")).expect("after remount"),
+        b"deeper"
+    );
     assert!(names(&s.m("a")).is_empty());
 }
 
@@ -272,10 +325,18 @@ fn inode_numbers_are_stable_and_consistent() {
             assert_eq!(i, ino(&s.m(&name)), "readdir d_ino == st_ino for {name}");
         }
         let dev = fs::metadata(&s.mnt).expect("stat").dev();
-        assert_eq!(fs::metadata(s.m("d/f")).expect("stat").dev(), dev, "one st_dev for the mount");
+        assert_eq!(
+            fs::metadata(s.m("d/f")).expect("stat").dev(),
+            dev,
+            "one st_dev for the mount"
+        );
     }
     let _m = s.mount("");
-    assert_eq!([ino(&s.m("lowfile")), ino(&s.m("d")), ino(&s.m("d/f"))], before, "stable across remount");
+    assert_eq!(
+        [ino(&s.m("lowfile")), ino(&s.m("d")), ino(&s.m("d/f"))],
+        before,
+        "stable across remount"
+    );
 }
 
 #[test]
@@ -309,7 +370,9 @@ fn readdir_offsets_are_stable_and_rm_rf_of_10k_merged_dir_works() {
             if e.is_null() {
                 break;
             }
-            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_bytes().to_vec();
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr())
+                .to_bytes()
+                .to_vec();
             all.push(name);
         }
         libc::seekdir(d, pos_at_5000);
@@ -319,7 +382,11 @@ fn readdir_offsets_are_stable_and_rm_rf_of_10k_merged_dir_works() {
             if e.is_null() {
                 break;
             }
-            again.push(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_bytes().to_vec());
+            again.push(
+                std::ffi::CStr::from_ptr((*e).d_name.as_ptr())
+                    .to_bytes()
+                    .to_vec(),
+            );
         }
         libc::closedir(d);
         assert_eq!(all.len(), 10002, "10000 entries plus . and ..");
@@ -358,7 +425,10 @@ fn kernel_overlayfs_sees_the_same_upper() {
     let km = s.mount_kernel_overlay(&k, "redirect_dir=on,metacopy=on");
     let kview = snapshot(&k);
     drop(km);
-    assert_eq!(view, kview, "kernel overlayfs view differs from unionfs view");
+    assert_eq!(
+        view, kview,
+        "kernel overlayfs view differs from unionfs view"
+    );
 }
 
 #[test]
@@ -373,7 +443,11 @@ fn posix_details() {
     let err = fs::write(s.m(&long), b"").expect_err("256-byte name");
     assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
     // st_nlink of an open, unlinked file is 0; data still readable.
-    let mut f = fs::OpenOptions::new().read(true).write(true).open(s.m("f")).expect("open");
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(s.m("f"))
+        .expect("open");
     fs::remove_file(s.m("f")).expect("unlink");
     assert_eq!(f.metadata().expect("fstat").nlink(), 0);
     let mut buf = String::new();
@@ -384,7 +458,10 @@ fn posix_details() {
     // SAFETY: an ioctl with a bogus command and no argument pointer.
     let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&g), 0x1234_5678 as _, 0) };
     assert_eq!(r, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOTTY));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOTTY)
+    );
     // suid/sgid are cleared by chown.
     chown(&s.m("suid"), 1, 1);
     assert_eq!(fs::metadata(s.m("suid")).expect("stat").mode() & 0o6000, 0);
@@ -403,7 +480,15 @@ fn posix_details() {
     write(&s.m("tmp/rootfile"), b"r");
     let (uid, _) = ensure_test_user();
     let out = Command::new("setpriv")
-        .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "rm", "-f"])
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+            "rm",
+            "-f",
+        ])
         .arg(s.m("tmp/rootfile"))
         .output()
         .expect("run setpriv");

@@ -48,8 +48,10 @@ fn store_config(store: &Path, s: &Scratch, upper: &Path, work: &Path) -> MountCo
         config_digest: None,
         manifest_digest: None,
     };
-    st.add_image(&img, &["unionfs-test:latest".to_string()]).expect("add image");
-    let lowers = unionfs::store_layer::image_lowers(store, "unionfs-test:latest").expect("image lowers");
+    st.add_image(&img, &["unionfs-test:latest".to_string()])
+        .expect("add image");
+    let lowers =
+        unionfs::store_layer::image_lowers(store, "unionfs-test:latest").expect("image lowers");
     assert_eq!(lowers.len(), 2);
     MountConfig {
         lowers,
@@ -82,7 +84,10 @@ fn store_lowers_match_directory_lowers() {
     let sm = mount_background(cfg.clone(), &mnt2).expect("mount store lowers");
     let a = snapshot(&s.mnt);
     let b = snapshot(&mnt2);
-    assert_eq!(a, b, "store lowers and directory lowers differ (read-only view)");
+    assert_eq!(
+        a, b,
+        "store lowers and directory lowers differ (read-only view)"
+    );
     assert!(a.contains_key("etc/extra") && !a.contains_key("gone") && !a.contains_key("opq/old"));
     // The same writes on both.
     for root in [&s.mnt, &mnt2] {
@@ -94,22 +99,35 @@ fn store_lowers_match_directory_lowers() {
     }
     let a = snapshot(&s.mnt);
     let b = snapshot(&mnt2);
-    assert_eq!(a, b, "store lowers and directory lowers differ after writes");
-    assert_eq!(fs::read(mnt2.join("hl2")).expect("read"), b"new link content");
+    assert_eq!(
+        a, b,
+        "store lowers and directory lowers differ after writes"
+    );
+    assert_eq!(
+        fs::read(mnt2.join("hl2")).expect("read"),
+        b"new link content"
+    );
     let ino_before = fs::metadata(mnt2.join("bin/tool")).expect("stat").ino();
     dm.unmount().expect("unmount");
     sm.unmount().expect("unmount");
     // Store inode numbers are the same on the next mount.
     let sm = mount_background(
         MountConfig {
-            lowers: unionfs::store_layer::image_lowers(&store, "unionfs-test:latest").expect("lowers"),
+            lowers: unionfs::store_layer::image_lowers(&store, "unionfs-test:latest")
+                .expect("lowers"),
             ..cfg
         },
         &mnt2,
     )
     .expect("remount");
-    assert_eq!(fs::metadata(mnt2.join("bin/tool")).expect("stat").ino(), ino_before);
-    assert_eq!(fs::read(mnt2.join("bin/tool")).expect("read"), vec![7u8; 300_000]);
+    assert_eq!(
+        fs::metadata(mnt2.join("bin/tool")).expect("stat").ino(),
+        ino_before
+    );
+    assert_eq!(
+        fs::read(mnt2.join("bin/tool")).expect("read"),
+        vec![7u8; 300_000]
+    );
     sm.unmount().expect("unmount");
 }
 

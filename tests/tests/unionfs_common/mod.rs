@@ -184,7 +184,11 @@ impl Mount {
             mnt.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(is_mounted(mnt), "unionfs returned but {} is not mounted", mnt.display());
+        assert!(
+            is_mounted(mnt),
+            "unionfs returned but {} is not mounted",
+            mnt.display()
+        );
         Mount {
             path: mnt.to_path_buf(),
         }
@@ -233,8 +237,20 @@ fn cpath(p: &Path) -> CString {
 pub fn mknod_char(path: &Path, major: u32, minor: u32) {
     let c = cpath(path);
     // SAFETY: c is a valid NUL-terminated path.
-    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major, minor)) };
-    assert_eq!(r, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
+    let r = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// lsetxattr.
@@ -242,8 +258,22 @@ pub fn set_xattr(path: &Path, key: &str, value: &[u8]) {
     let c = cpath(path);
     let k = CString::new(key).expect("key");
     // SAFETY: valid strings and a readable value buffer.
-    let r = unsafe { libc::lsetxattr(c.as_ptr(), k.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(r, 0, "setxattr {key} on {}: {}", path.display(), std::io::Error::last_os_error());
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {key} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// lgetxattr; `None` when absent.
@@ -270,7 +300,10 @@ pub fn user_xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     if r <= 0 {
         return out;
     }
-    for name in buf[..r as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in buf[..r as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let n = String::from_utf8_lossy(name).to_string();
         if n.starts_with("user.") {
             if let Some(v) = get_xattr(path, &n) {
@@ -315,13 +348,27 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
             ("dir", Vec::new(), 0, 0)
         } else if ft.is_symlink() {
             let t = fs::read_link(&p).expect("readlink");
-            ("symlink", t.as_os_str().as_bytes().to_vec(), md.size(), md.nlink())
+            (
+                "symlink",
+                t.as_os_str().as_bytes().to_vec(),
+                md.size(),
+                md.nlink(),
+            )
         } else if ft.is_file() {
             ("file", fs::read(&p).expect("read"), md.size(), md.nlink())
         } else {
-            ("special", format!("{}", md.rdev()).into_bytes(), 0, md.nlink())
+            (
+                "special",
+                format!("{}", md.rdev()).into_bytes(),
+                0,
+                md.nlink(),
+            )
         };
-        let rel = p.strip_prefix(root).expect("under root").display().to_string();
+        let rel = p
+            .strip_prefix(root)
+            .expect("under root")
+            .display()
+            .to_string();
         out.insert(
             rel,
             Entry {
@@ -332,7 +379,11 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
                 size,
                 content,
                 nlink,
-                xattrs: if ft.is_symlink() { BTreeMap::new() } else { user_xattrs(&p) },
+                xattrs: if ft.is_symlink() {
+                    BTreeMap::new()
+                } else {
+                    user_xattrs(&p)
+                },
             },
         );
         if ft.is_dir() {
@@ -343,7 +394,11 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
 
 /// Runs a shell command, asserting success; returns stdout.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
     assert!(
         out.status.success(),
         "`{cmd}` failed: {}{}",
@@ -356,7 +411,11 @@ pub fn sh(cmd: &str) -> String {
 /// Makes sure the test user `stratatest` exists (CI creates it; tests may too).
 pub fn ensure_test_user() -> (u32, u32) {
     let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").arg(flag).arg("stratatest").output().ok()?;
+        let out = Command::new("id")
+            .arg(flag)
+            .arg("stratatest")
+            .output()
+            .ok()?;
         String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     };
     if id("-u").is_none() {
