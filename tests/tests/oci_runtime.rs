@@ -289,6 +289,25 @@ fn delete_running_needs_force() {
     b.ok(&["start", &b.id]);
     b.wait_status("running");
     let pid = b.state()["pid"].as_i64().unwrap();
+    // exec joins the container: it sees the container's pid 1 and host name.
+    let seen = b.ok(&[
+        "exec",
+        &b.id,
+        "--",
+        "sh",
+        "-c",
+        "echo $(hostname) $(cat /proc/1/comm)",
+    ]);
+    assert_eq!(
+        seen.trim(),
+        "runc sleep",
+        "runc spec's hostname and the init"
+    );
+    let code = b
+        .run(&["exec", &b.id, "--", "sh", "-c", "exit 3"])
+        .status
+        .code();
+    assert_eq!(code, Some(3), "exec returns the process's exit code");
     let out = b.run(&["delete", &b.id]);
     assert!(
         !out.status.success(),

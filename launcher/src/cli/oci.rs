@@ -126,6 +126,32 @@ pub enum Command {
         #[arg(long, short = 'q')]
         quiet: bool,
     },
+    /// Run another process in a running container.
+    Exec {
+        /// Container id.
+        id: String,
+        /// A runtime-spec process.json to run.
+        #[arg(long, short = 'p', value_name = "FILE")]
+        process: Option<PathBuf>,
+        /// Extra environment, KEY=VALUE.
+        #[arg(long, short = 'e')]
+        env: Vec<String>,
+        /// Working directory.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// uid[:gid].
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// Do not wait for the process.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Write the process's pid here.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Freeze every process of a container.
     Pause {
         /// Container id.
@@ -260,6 +286,28 @@ fn dispatch(cmd: &Command, root: &Path) -> Result<ExitCode> {
                     );
                 }
             }
+        }
+        Command::Exec {
+            id,
+            process,
+            env,
+            cwd,
+            user,
+            detach,
+            pid_file,
+            command,
+        } => {
+            let opts = ops::ExecOptions {
+                argv: command.clone(),
+                process: process.clone(),
+                env: env.clone(),
+                cwd: cwd.clone(),
+                user: user.clone(),
+                detach: *detach,
+                pid_file: pid_file.clone(),
+            };
+            let code = ops::exec(root, id, &opts)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
         }
         Command::Pause { id } => ops::pause(root, id)?,
         Command::Resume { id } => ops::resume(root, id)?,

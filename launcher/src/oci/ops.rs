@@ -439,3 +439,141 @@ pub fn list(root: &Path) -> Result<Vec<Handle>> {
     out.sort_by(|a, b| a.saved.created.cmp(&b.saved.created));
     Ok(out)
 }
+
+/// What `exec` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// Command and arguments (empty: take them from `process`).
+    pub argv: Vec<String>,
+    /// A runtime-spec process.json (`--process`).
+    pub process: Option<PathBuf>,
+    /// Extra `KEY=VALUE` environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// `uid[:gid]`.
+    pub user: Option<String>,
+    /// Do not wait for the process.
+    pub detach: bool,
+    /// Write the process's host pid here.
+    pub pid_file: Option<PathBuf>,
+}
+
+const EXEC_NAMESPACES: &[(&str, nix::sched::CloneFlags)] = &[
+    ("user", nix::sched::CloneFlags::CLONE_NEWUSER),
+    ("cgroup", nix::sched::CloneFlags::CLONE_NEWCGROUP),
+    ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC),
+    ("uts", nix::sched::CloneFlags::CLONE_NEWUTS),
+    ("net", nix::sched::CloneFlags::CLONE_NEWNET),
+    ("pid", nix::sched::CloneFlags::CLONE_NEWPID),
+    ("mnt", nix::sched::CloneFlags::CLONE_NEWNS),
+];
+
+/// Run another process in a running container (its namespaces and
+/// cgroup, the bundle's capabilities); returns its exit code, or 0 with
+/// `detach`. The calling process must be single-threaded (the CLI is).
+pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<i32> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let h = Handle::load(root, id)?;
+    if h.status() != Status::Running {
+        bail!(
+            "cannot exec in container {id}: it is {}",
+            h.status().as_str()
+        );
+    }
+    let spec = load_spec(&h.saved.bundle)?;
+    let base = spec
+        .process()
+        .clone()
+        .context("the bundle's config.json has no process")?;
+    let process = match &opts.process {
+        Some(p) => {
+            let text = fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<oci_spec::runtime::Process>(&text)
+                .with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => base,
+    };
+    if process.terminal().unwrap_or(false) && opts.process.is_some() {
+        bail!("exec with a terminal is not supported by strata oci");
+    }
+    let mut argv = opts.argv.clone();
+    if argv.is_empty() {
+        argv = process.args().clone().unwrap_or_default();
+    }
+    if argv.is_empty() {
+        bail!("exec needs a command");
+    }
+    let mut env = process.env().clone().unwrap_or_default();
+    env.extend(opts.env.iter().cloned());
+    let u = process.user();
+    let caps = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().clone().or_else(|| c.effective().clone()))
+        .map(|set| set.iter().map(|c| format!("CAP_{c}")).collect())
+        .unwrap_or_default();
+    let pspec = crate::process::ProcessSpec {
+        argv,
+        env,
+        cwd: opts
+            .cwd
+            .clone()
+            .unwrap_or_else(|| process.cwd().to_string_lossy().to_string()),
+        user: opts
+            .user
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", u.uid(), u.gid())),
+        caps,
+        seccomp: crate::container::SeccompProfile::Unconfined,
+        no_new_privs: process.no_new_privileges().unwrap_or(false),
+        tty: false,
+    };
+    let pid = h.saved.pid;
+    let mut ns = Vec::new();
+    for (name, flag) in EXEC_NAMESPACES {
+        let theirs = format!("/proc/{pid}/ns/{name}");
+        let ours = format!("/proc/self/ns/{name}");
+        let same = match (fs::metadata(&theirs), fs::metadata(&ours)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if !same {
+            let f = fs::File::open(&theirs).with_context(|| format!("opening {theirs}"))?;
+            ns.push((f, *flag, *name));
+        }
+    }
+    if let Some(cg) = h.cgroup() {
+        cg.add_process(std::process::id() as i32)
+            .with_context(|| format!("joining the cgroup of container {id}"))?;
+    }
+    for (f, flag, name) in &ns {
+        nix::sched::setns(f.as_fd(), *flag)
+            .with_context(|| format!("joining the {name} namespace of container {id}"))?;
+    }
+    match sys::fork_single_threaded().context("forking the exec process")? {
+        nix::unistd::ForkResult::Child => {
+            let fail = crate::process::finalize_and_exec(&pspec, None);
+            eprintln!("strata oci exec: {}", fail.message);
+            std::process::exit(fail.code);
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            if let Some(pf) = &opts.pid_file {
+                crate::container::write_atomic(pf, child.as_raw().to_string().as_bytes())
+                    .with_context(|| format!("writing pid file {}", pf.display()))?;
+            }
+            if opts.detach {
+                return Ok(0);
+            }
+            loop {
+                match nix::sys::wait::waitpid(child, None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => return Ok(c),
+                    Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e).context("waiting for the exec process"),
+                }
+            }
+        }
+    }
+}
