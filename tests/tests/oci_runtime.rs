@@ -374,3 +374,47 @@ fn pause_and_resume_freeze_the_container() {
     assert_eq!(b.status(), "running");
     b.ok(&["delete", "--force", &b.id]);
 }
+
+#[test]
+fn hooks_get_the_state_on_stdin() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().to_path_buf();
+    let hook = |name: &str| {
+        json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {}/{name}.json", o.display())]
+        })
+    };
+    let hooks = json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")]
+    });
+    let b = Bundle::new("hooks", &["sleep", "1000"], |cfg, _| {
+        cfg["hooks"] = hooks;
+    });
+    let read = |name: &str| -> Value {
+        let p = out.path().join(format!("{name}.json"));
+        serde_json::from_str(&fs::read_to_string(&p).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{name} hook wrote no state to {}: {e}", p.display()))
+    };
+    b.create();
+    for name in ["prestart", "createRuntime"] {
+        let st = read(name);
+        assert_eq!(st["id"], b.id.as_str(), "{name}: {st}");
+        assert_eq!(st["status"], "created", "{name}: {st}");
+        assert!(st["pid"].as_i64().unwrap_or(0) > 0, "{name}: {st}");
+    }
+    assert!(!out.path().join("poststart.json").exists());
+    b.ok(&["start", &b.id]);
+    assert_eq!(read("poststart")["status"], "running");
+    b.ok(&["delete", "--force", &b.id]);
+    let st = read("poststop");
+    assert_eq!(st["status"], "stopped");
+    assert_eq!(st["id"], b.id.as_str());
+}
