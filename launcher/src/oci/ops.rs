@@ -544,6 +544,14 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<i32> {
             ns.push((f, *flag, *name));
         }
     }
+    // Host paths mean something else once in the mount namespace: open
+    // the pid file now.
+    let mut pid_file = match &opts.pid_file {
+        Some(pf) => Some(
+            fs::File::create(pf).with_context(|| format!("creating pid file {}", pf.display()))?,
+        ),
+        None => None,
+    };
     if let Some(cg) = h.cgroup() {
         cg.add_process(std::process::id() as i32)
             .with_context(|| format!("joining the cgroup of container {id}"))?;
@@ -559,10 +567,11 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<i32> {
             std::process::exit(fail.code);
         }
         nix::unistd::ForkResult::Parent { child } => {
-            if let Some(pf) = &opts.pid_file {
-                crate::container::write_atomic(pf, child.as_raw().to_string().as_bytes())
-                    .with_context(|| format!("writing pid file {}", pf.display()))?;
+            if let Some(f) = pid_file.as_mut() {
+                f.write_all(child.as_raw().to_string().as_bytes())
+                    .context("writing the pid file")?;
             }
+            drop(pid_file);
             if opts.detach {
                 return Ok(0);
             }
