@@ -89,6 +89,12 @@ pub struct NetworkOptions {
     pub links: Vec<String>,
     /// Ports the image exposes ("80/tcp").
     pub exposed: Vec<String>,
+    /// `--ip`: a fixed address on a user-defined network.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// `--network-alias`: extra names on a user-defined network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// Log rotation options (`--log-opt max-size=...,max-file=...`).

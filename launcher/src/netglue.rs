@@ -55,6 +55,13 @@ pub fn mode(cfg: &ContainerConfig) -> Result<Net> {
     for e in &n.exposed {
         request.expose.extend(ExposedPort::parse(e)?);
     }
+    if let Some(ip) = &n.ip {
+        request.ip = Some(
+            ip.parse()
+                .with_context(|| format!("--ip {ip}: not an IPv4 address"))?,
+        );
+    }
+    request.aliases = n.aliases.clone();
     if matches!(mode, NetworkMode::None | NetworkMode::Container(_))
         && (!request.publish.is_empty() || n.publish_all)
     {

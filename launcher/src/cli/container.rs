@@ -331,6 +331,12 @@ pub struct RunArgs {
     /// Network: bridge, none, host, container:NAME or a network name.
     #[arg(long, alias = "net")]
     pub network: Option<String>,
+    /// Fixed IPv4 address on a user-defined network.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Extra name of the container on a user-defined network.
+    #[arg(long = "network-alias", alias = "net-alias")]
+    pub network_alias: Vec<String>,
     /// Publish ports `[ip:][hostPort:]containerPort[/proto]`.
     #[arg(short, long)]
     pub publish: Vec<String>,
@@ -543,6 +549,8 @@ impl RunArgs {
                 publish_all: self.publish_all,
                 links: self.link.clone(),
                 exposed: self.expose.clone(),
+                ip: self.ip.clone(),
+                aliases: self.network_alias.clone(),
             },
             mounts,
             volumes_from: self.volumes_from.clone(),
@@ -568,6 +576,15 @@ fn dirs(g: &Globals) -> Result<Dirs> {
     Dirs::new(&g.store_dir(), &g.state_dir())
 }
 
+/// Containers whose supervisor was killed leave veths, address leases and
+/// nft rules behind; the commands that start, list or remove containers clear
+/// them first. Best effort: a failure here must not block the command.
+fn tidy_networks(g: &Globals) {
+    if let Err(e) = crate::net::cleanup_stale(&g.state_dir()) {
+        tracing::debug!("cleaning up networking of dead containers: {e:#}");
+    }
+}
+
 fn code(c: i32) -> ExitCode {
     ExitCode::from(c.clamp(0, 255) as u8)
 }
@@ -581,6 +598,12 @@ pub fn create_from_args(d: &Dirs, a: &RunArgs) -> Result<Container> {
 
 /// Run one container command.
 pub fn run(cmd: Command, g: &Globals) -> Result<ExitCode> {
+    if matches!(
+        cmd,
+        Command::Run(_) | Command::Start { .. } | Command::Ps { .. } | Command::Rm { .. }
+    ) {
+        tidy_networks(g);
+    }
     match cmd {
         Command::Init => crate::init::main(),
         Command::Supervise {
