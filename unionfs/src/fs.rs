@@ -317,6 +317,7 @@ impl UnionFs {
         let sp = st.parent.clone().ok_or(libc::EIO)?;
         let sfd = sp.upper_dir().ok_or(libc::EIO)?;
         sys::link_at(sfd.as_fd(), &st.name, pfd.as_fd(), newname).map_err(errno)?;
+        self.u.adjust_group_links(&node, 1);
         self.u.invalidate_dir(p.ino);
         let attr = self.u.attr_of(&node)?;
         Ok((node, attr))
@@ -397,14 +398,17 @@ impl UnionFs {
             self.u.invalidate_dir(node.ino);
             self.u.drop_node(node.ino);
         } else {
+            // Other names of a lower hard-link group keep the node alive.
+            let group_left = self.u.adjust_group_links(&node, -1).unwrap_or(0);
             let mut w = node.state.write();
             // Without an upper copy every name of a lower file is gone from this parent.
-            w.unlinked = match &w.pinned {
-                Some(fd) => sys::fstat(fd.as_fd())
-                    .map(|s| s.st_nlink == 0)
-                    .unwrap_or(true),
-                None => true,
-            };
+            w.unlinked = group_left == 0
+                && match &w.pinned {
+                    Some(fd) => sys::fstat(fd.as_fd())
+                        .map(|s| s.st_nlink == 0)
+                        .unwrap_or(true),
+                    None => true,
+                };
         }
         Ok(())
     }
@@ -518,8 +522,9 @@ impl UnionFs {
                         }
                         _ => None,
                     };
+                    let group_left = self.u.adjust_group_links(d, -1).unwrap_or(0);
                     let mut w = d.state.write();
-                    w.unlinked = pin.is_none();
+                    w.unlinked = pin.is_none() && group_left == 0;
                     w.pinned = pin;
                 }
             }

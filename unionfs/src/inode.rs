@@ -80,9 +80,6 @@ pub struct NodeState {
     /// An `O_PATH` fd of the upper file, kept once one of its names is
     /// removed, so stat stays right (link count of other names, 0 when open-unlinked).
     pub pinned: Option<Arc<OwnedFd>>,
-    /// Link count of the lower origin at copy-up: names of a lower hard-link
-    /// group not linked up yet still count.
-    pub lower_nlink: u32,
 }
 
 impl NodeState {

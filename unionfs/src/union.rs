@@ -127,6 +127,10 @@ pub struct Union {
     pub inos: InoMap,
     /// Merged directory listings.
     dir_cache: Mutex<lru::LruCache<u64, Arc<Vec<DirEnt>>>>,
+    /// Link counts of lower hard-link groups once one of their names was
+    /// copied up, linked or removed: names still only in the lower count
+    /// too, as with overlayfs's `index=on` (by union inode number).
+    group_links: DashMap<u64, u32>,
     /// Options.
     pub opts: UnionOptions,
     /// Daemon runs privileged (chown of new files possible).
@@ -164,7 +168,6 @@ impl Union {
             opaque: false,
             unlinked: false,
             pinned: None,
-            lower_nlink: 0,
         };
         let nodes = DashMap::new();
         let root = Arc::new(Node::new(ROOT_INO, EntryKind::Dir, root_state));
@@ -177,6 +180,7 @@ impl Union {
             nodes,
             inos: InoMap::default(),
             dir_cache: Mutex::new(lru::LruCache::new(cap)),
+            group_links: DashMap::new(),
             opts,
             privileged: sys::euid() == 0,
             tmp_counter: AtomicU64::new(0),
@@ -382,6 +386,9 @@ impl Union {
         if merged_dir {
             attr.nlink = 1;
         }
+        if kind != EntryKind::Dir {
+            self.apply_group_links(ino, upper_kind.is_some(), &mut attr);
+        }
         let state = NodeState {
             parent: Some(parent.clone()),
             name: name.to_vec(),
@@ -396,7 +403,6 @@ impl Union {
             opaque,
             unlinked: false,
             pinned: None,
-            lower_nlink: 0,
         };
         let node = self.install_node(ino, kind, state)?;
         // A hard link whose other name was copied up: link this name too.
@@ -461,6 +467,42 @@ impl Union {
         Ok(())
     }
 
+    /// Sets the link count of a member of a tracked lower hard-link group:
+    /// an upper copy shows at least the group's count, a lower-only name
+    /// exactly that count (names removed since the mount no longer count).
+    fn apply_group_links(&self, ino: u64, has_upper: bool, a: &mut LayerAttr) {
+        if let Some(v) = self.group_links.get(&ino) {
+            a.nlink = if has_upper { a.nlink.max(*v) } else { *v };
+        }
+    }
+
+    /// Changes the link count of the lower hard-link group of non-directory
+    /// `node` by `delta` (a name removed or added), starting to track it from
+    /// the lower link count when needed. `None` when `node` is not in a
+    /// lower hard-link group; else the group's new count.
+    pub fn adjust_group_links(&self, node: &Arc<Node>, delta: i64) -> Option<u32> {
+        if node.kind == EntryKind::Dir {
+            return None;
+        }
+        let initial = || -> Option<u32> {
+            let st = node.snapshot();
+            let &(l, n) = st.lowers.first()?;
+            let nlink = self.layers[l].attr(n).ok()?.nlink;
+            (nlink > 1).then_some(nlink)
+        };
+        let mut e = match self.group_links.get_mut(&node.ino) {
+            Some(e) => e,
+            None => {
+                let start = initial()?;
+                self.group_links.entry(node.ino).or_insert(start)
+            }
+        };
+        let v = (i64::from(*e) + delta).clamp(0, i64::from(u32::MAX));
+        // The clamp above keeps `v` within u32.
+        *e = u32::try_from(v).unwrap_or(0);
+        Some(*e)
+    }
+
     /// Current attributes of a node.
     pub fn attr_of(&self, node: &Arc<Node>) -> Res<LayerAttr> {
         let st = node.snapshot();
@@ -504,8 +546,8 @@ impl Union {
         {
             a.nlink = 1;
         }
-        if matches!(st.upper, Some(UpperRef::Entry)) && st.lower_nlink > a.nlink && !st.unlinked {
-            a.nlink = st.lower_nlink;
+        if node.kind != EntryKind::Dir && !st.unlinked {
+            self.apply_group_links(node.ino, st.upper.is_some(), &mut a);
         }
         if st.unlinked && st.pinned.is_none() && node.kind != EntryKind::Dir {
             a.nlink = 0;
@@ -703,12 +745,10 @@ impl Union {
         let mut w = node.state.write();
         w.upper = Some(upper_ref);
         w.metacopy = metacopy;
-        w.lower_nlink = if node.kind == EntryKind::Dir {
-            0
-        } else {
-            attr.nlink
-        };
         drop(w);
+        if node.kind != EntryKind::Dir && attr.nlink > 1 {
+            self.group_links.entry(node.ino).or_insert(attr.nlink);
+        }
         self.invalidate_dir(parent.ino);
         Ok(())
     }
