@@ -211,6 +211,28 @@ impl Union {
         Some(cur)
     }
 
+    /// The topmost lower non-directory at `path` (`/`-separated from the
+    /// root), for the data of a metacopy file with a redirect.
+    fn find_lower_file(&self, path: &[u8]) -> Option<(usize, LNode, EntryKind)> {
+        let cut = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+        let (dir, name) = path.split_at(cut);
+        if name.is_empty() {
+            return None;
+        }
+        for l in 0..self.layers.len() {
+            let Some(d) = self.walk_lower_path(l, dir) else {
+                continue;
+            };
+            match self.layers[l].lookup(d, name) {
+                Ok(Some((_, EntryKind::Whiteout))) => return None,
+                Ok(Some((n, EntryKind::File))) => return Some((l, n, EntryKind::File)),
+                Ok(Some(_)) => return None,
+                Ok(None) | Err(_) => {}
+            }
+        }
+        None
+    }
+
     /// Looks `name` up below the upper: the lower objects visible at that
     /// name given the parent's lowers. Stops at whiteouts and opaque dirs.
     fn lower_candidates(
@@ -308,6 +330,19 @@ impl Union {
                                     Ok(Some(_))
                                 );
                         }
+                        if metacopy {
+                            // Kernel overlayfs records where the data of a renamed
+                            // metacopy file lives in the lowers.
+                            if let Some(up) = &self.upper {
+                                redirect = sys::get_xattr_at(
+                                    pfd.as_fd(),
+                                    name,
+                                    &up.key("overlay.redirect"),
+                                )
+                                .ok()
+                                .flatten();
+                            }
+                        }
                         origin = self.origin_of(pfd.as_fd(), name);
                     }
                     upper_st = Some(st);
@@ -329,7 +364,11 @@ impl Union {
         };
         // An absolute redirect reaches the lowers from the root, even under an opaque parent.
         if search_lowers && (!ps.opaque || redirect.is_some()) {
-            if redirect.is_some() {
+            if metacopy && redirect.is_some() {
+                if let Some(found) = self.find_lower_file(&lower_path) {
+                    lowers.push(found);
+                }
+            } else if redirect.is_some() {
                 for l in 0..self.layers.len() {
                     if let Some(n) = self.walk_lower_path(l, &lower_path) {
                         lowers.push((l, n, EntryKind::Dir));
