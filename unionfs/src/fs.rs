@@ -164,8 +164,13 @@ impl UnionFs {
         }
     }
 
-    fn ttl(&self, node: &Node) -> Duration {
-        if node.state.read().lower_only() {
+    fn ttl(&self, node: &Node, attr: &LayerAttr) -> Duration {
+        if node.kind != EntryKind::Dir && attr.nlink > 1 {
+            // A hard-linked file: which name a later setattr or write-open
+            // means (and so copies up) is the last one the kernel looked up,
+            // so the kernel must look every path up again.
+            Duration::ZERO
+        } else if node.state.read().lower_only() {
             TTL_LOWER
         } else {
             TTL_UPPER
@@ -174,7 +179,7 @@ impl UnionFs {
 
     fn reply_entry(&self, node: &Arc<Node>, attr: &LayerAttr, reply: ReplyEntry) {
         node.lookups.fetch_add(1, Ordering::Relaxed);
-        let ttl = self.ttl(node);
+        let ttl = self.ttl(node, attr);
         reply.entry(&ttl, &self.fattr(attr), Generation(0));
     }
 
@@ -955,7 +960,7 @@ impl Filesystem for UnionFs {
             }
         }
         match self.u.attr_of(&node) {
-            Ok(a) => reply.attr(&self.ttl(&node), &self.fattr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&node, &a), &self.fattr(&a)),
             Err(err) => reply.error(e(err)),
         }
     }
@@ -1217,12 +1222,21 @@ impl Filesystem for UnionFs {
             if n.kind != EntryKind::Dir {
                 return Err(libc::ENOTDIR);
             }
-            self.u.listing(&n)
+            let lower_only = n.state.read().lower_only();
+            self.u.listing(&n).map(|l| (l, lower_only))
         });
         match res {
-            Ok(list) => {
+            Ok((list, lower_only)) => {
                 let fh = self.new_fh(Handle::Dir { list });
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // A listing only from immutable lowers can stay in the kernel's
+                // cache: every change goes through this mount, and the kernel
+                // drops the cached listing when it changes the directory.
+                let flags = if lower_only {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags);
             }
             Err(err) => reply.error(e(err)),
         }
@@ -1292,7 +1306,7 @@ impl Filesystem for UnionFs {
                 let d = &list[idx - 2];
                 match self.u.resolve(&dir, &d.name) {
                     Ok(Some((node, attr))) => {
-                        let ttl = self.ttl(&node);
+                        let ttl = self.ttl(&node, &attr);
                         let full = reply.add(
                             INodeNo(node.ino),
                             (idx + 1) as u64,

@@ -494,8 +494,19 @@ impl Union {
         let sp = src.parent.clone().ok_or(libc::EIO)?;
         let sfd = self.ensure_upper_dir(&sp)?;
         let dfd = self.ensure_upper_dir(parent)?;
+        // Linking up is not a change users made: keep the directory's times.
+        let dir_times = sys::fstat(dfd.as_fd()).ok();
         match sys::link_at(sfd.as_fd(), &src.name, dfd.as_fd(), name) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(pt) = dir_times {
+                    let _ = sys::utimens_at(
+                        dfd.as_fd(),
+                        b"",
+                        Time::At(pt.st_atime, pt.st_atime_nsec),
+                        Time::At(pt.st_mtime, pt.st_mtime_nsec),
+                    );
+                }
+            }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(errno(e)),
         }
