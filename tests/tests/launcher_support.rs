@@ -31,6 +31,7 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
+        private_netns();
         let dir = tempfile::Builder::new()
             .prefix("strata-lt-")
             .tempdir()
@@ -120,4 +121,19 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|m| m.starts_with(&d))
         .map(String::from)
         .collect()
+}
+
+/// Move the calling test thread into a network namespace of its own, so that
+/// every `strata` process the test starts (and any bridge, veth or nft rule a
+/// container on the default network makes) stays out of the host's
+/// networking. Namespaces are per thread, and each test runs on its own
+/// thread; the namespace goes away with the last process in it.
+fn private_netns() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET) for the test thread (needs root)");
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("running ip (package iproute2)");
+    assert!(up.success(), "ip link set lo up failed in the test netns");
 }
