@@ -883,8 +883,10 @@ impl UnionFs {
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
+        // Always readdirplus (no FUSE_READDIRPLUS_AUTO): with the adaptive
+        // mode the kernel asks for attributes only in the first chunk of a
+        // listing and then sends one LOOKUP per remaining entry.
         let mut want = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_DIO;
