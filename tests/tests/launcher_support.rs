@@ -24,12 +24,23 @@ pub fn strata_bin() -> PathBuf {
 
 /// A private store and state dir with the busybox image imported.
 pub struct Env {
+    /// The temporary directory holding both (removed on drop).
     pub dir: tempfile::TempDir,
+    /// The store (`--store`).
     pub store: PathBuf,
+    /// The state directory (`--state`).
     pub state: PathBuf,
 }
 
+impl Default for Env {
+    fn default() -> Env {
+        Env::new()
+    }
+}
+
 impl Env {
+    /// A fresh store with busybox:latest, used from a private network
+    /// namespace.
     pub fn new() -> Env {
         private_netns();
         let dir = tempfile::Builder::new()
@@ -43,6 +54,7 @@ impl Env {
         Env { dir, store, state }
     }
 
+    /// A `strata` command on this store and state dir.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(strata_bin());
         c.arg("--store")
@@ -54,6 +66,7 @@ impl Env {
         c
     }
 
+    /// Run `strata ARGS` and return its output.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("running strata")
     }
@@ -71,16 +84,19 @@ impl Env {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Run and return the exit code (-1 when killed by a signal).
     pub fn code(&self, args: &[&str]) -> i32 {
         self.run(args).status.code().unwrap_or(-1)
     }
 
+    /// `strata inspect NAME`, the first element.
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         let out = self.ok(&["inspect", name]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("inspect prints JSON");
         v[0].clone()
     }
 
+    /// The container's directory in the store (upper, work, image-id).
     pub fn container_dir(&self, name: &str) -> PathBuf {
         let id = self.inspect(name)["Id"].as_str().expect("Id").to_string();
         self.store.join("containers").join(id)
