@@ -469,22 +469,29 @@ impl UnionFs {
         let ofd = self.u.ensure_upper_dir(&op)?;
         let nfd = self.u.ensure_upper_dir(&np)?;
         let old_below = self.u.name_in_lowers(&op.snapshot(), name)?;
-        let new_below = self.u.name_in_lowers(&np.snapshot(), newname)?;
+        // Like overlayfs, a pure upper directory moved into a merged
+        // directory is made opaque, whether or not its new name exists below
+        // yet: a lower layer must never show through it.
+        let merged = |p: &Arc<Node>| {
+            let st = p.snapshot();
+            !st.lowers.is_empty() && !st.opaque
+        };
+        let (old_parent_merged, new_parent_merged) = (merged(&op), merged(&np));
         let src_st = src.snapshot();
         // A directory whose contents come from lowers follows them by redirect;
-        // a pure upper directory landing on a name with lowers becomes opaque.
+        // a pure upper directory landing in a merged directory becomes opaque.
         let fix_dir = |node: &Arc<Node>,
                        st: &crate::inode::NodeState,
                        dir_fd: &std::os::fd::OwnedFd,
                        at: &[u8],
-                       target_below: bool|
+                       target_merged: bool|
          -> Res<()> {
             if node.kind != EntryKind::Dir {
                 return Ok(());
             }
             if !st.lowers.is_empty() && !st.opaque {
                 self.u.set_redirect(dir_fd.as_fd(), at, &st.lower_path)?;
-            } else if target_below && !st.opaque {
+            } else if target_merged && !st.opaque {
                 self.u.set_opaque(dir_fd.as_fd(), at)?;
             }
             Ok(())
@@ -500,8 +507,8 @@ impl UnionFs {
                 libc::RENAME_EXCHANGE,
             )
             .map_err(errno)?;
-            fix_dir(&src, &src_st, &nfd, newname, new_below)?;
-            fix_dir(&d, &dst_st, &ofd, name, old_below)?;
+            fix_dir(&src, &src_st, &nfd, newname, new_parent_merged)?;
+            fix_dir(&d, &dst_st, &ofd, name, old_parent_merged)?;
             {
                 let mut w = d.state.write();
                 w.parent = Some(op.clone());
@@ -569,7 +576,7 @@ impl UnionFs {
             if old_below && !whiteout_done {
                 self.u.write_whiteout(ofd.as_fd(), name)?;
             }
-            fix_dir(&src, &src_st, &nfd, newname, new_below)?;
+            fix_dir(&src, &src_st, &nfd, newname, new_parent_merged)?;
         }
         {
             let mut w = src.state.write();

@@ -211,6 +211,21 @@ impl Union {
         Some(cur)
     }
 
+    /// Follows a directory redirect `path` (`/`-separated from the root)
+    /// in one lower layer.
+    fn walk_redirect(&self, layer: usize, path: &[u8]) -> RedirectWalk {
+        let l = &self.layers[layer];
+        let mut cur = l.root();
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            match l.lookup(cur, comp) {
+                Ok(Some((n, EntryKind::Dir))) => cur = n,
+                Ok(Some(_)) => return RedirectWalk::Stop,
+                Ok(None) | Err(_) => return RedirectWalk::Missing,
+            }
+        }
+        RedirectWalk::Dir(cur)
+    }
+
     /// The topmost lower non-directory at `path` (`/`-separated from the
     /// root), for the data of a metacopy file with a redirect.
     fn find_lower_file(&self, path: &[u8]) -> Option<(usize, LNode, EntryKind)> {
@@ -370,11 +385,17 @@ impl Union {
                 }
             } else if redirect.is_some() {
                 for l in 0..self.layers.len() {
-                    if let Some(n) = self.walk_lower_path(l, &lower_path) {
-                        lowers.push((l, n, EntryKind::Dir));
-                        if self.layers[l].is_opaque(n).map_err(errno)? {
-                            break;
+                    match self.walk_redirect(l, &lower_path) {
+                        RedirectWalk::Dir(n) => {
+                            lowers.push((l, n, EntryKind::Dir));
+                            if self.layers[l].is_opaque(n).map_err(errno)? {
+                                break;
+                            }
                         }
+                        RedirectWalk::Missing => {}
+                        // Like a plain lookup, a whiteout or a non-directory
+                        // at the path hides every layer below it.
+                        RedirectWalk::Stop => break,
                     }
                 }
             } else {
@@ -1031,4 +1052,14 @@ pub fn copy_data(src: &LayerData, dst: BorrowedFd<'_>, size: u64) -> io::Result<
             Ok(())
         }
     }
+}
+
+/// What one lower layer holds at a directory redirect's path.
+enum RedirectWalk {
+    /// A directory: part of the merged view.
+    Dir(LNode),
+    /// Nothing there: look further down.
+    Missing,
+    /// A whiteout or a non-directory: the layers below are hidden.
+    Stop,
 }
