@@ -418,6 +418,21 @@ impl UnionFs {
         Ok(())
     }
 
+    /// Flags for opening an upper file on behalf of a FUSE open/create:
+    /// creation flags are the kernel's business, and with the writeback
+    /// cache the kernel does page-cache writes (it needs read access) and
+    /// appends itself.
+    fn upper_open_flags(&self, flags: i32) -> i32 {
+        let mut oflags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+        if self.writeback.load(Ordering::Relaxed) {
+            if oflags & libc::O_ACCMODE == libc::O_WRONLY {
+                oflags = (oflags & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            oflags &= !libc::O_APPEND;
+        }
+        oflags
+    }
+
     fn do_rename(
         &self,
         parent: u64,
@@ -667,15 +682,7 @@ impl UnionFs {
             if st.upper.is_some() && !st.metacopy {
                 let p = st.parent.clone().ok_or(libc::EIO)?;
                 let pfd = p.upper_dir().ok_or(libc::EIO)?;
-                let mut oflags =
-                    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
-                if self.writeback.load(Ordering::Relaxed) {
-                    // The kernel does page-cache writes: it needs read access and does appends itself.
-                    if oflags & libc::O_ACCMODE == libc::O_WRONLY {
-                        oflags = (oflags & !libc::O_ACCMODE) | libc::O_RDWR;
-                    }
-                    oflags &= !libc::O_APPEND;
-                }
+                let oflags = self.upper_open_flags(flags);
                 let fd = match sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0) {
                     Ok(fd) => fd,
                     Err(err) if is_enoent(&err) && st.pinned.is_some() => {
@@ -1506,14 +1513,7 @@ impl Filesystem for UnionFs {
         let open = (|| -> Res<Arc<File>> {
             let p = st.parent.clone().ok_or(libc::EIO)?;
             let pfd = p.upper_dir().ok_or(libc::EIO)?;
-            let mut oflags =
-                flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
-            if self.writeback.load(Ordering::Relaxed) {
-                if oflags & libc::O_ACCMODE == libc::O_WRONLY {
-                    oflags = (oflags & !libc::O_ACCMODE) | libc::O_RDWR;
-                }
-                oflags &= !libc::O_APPEND;
-            }
+            let oflags = self.upper_open_flags(flags);
             let fd =
                 sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0).map_err(errno)?;
             Ok(Arc::new(File::from(fd)))
