@@ -132,6 +132,7 @@ fn filling_the_upper_gives_enospc_and_keeps_earlier_files() {
     assert_eq!(read(&f.mnt.join("lowerfile")), b"lower");
     // Free the space: the mount works again.
     fs::remove_file(f.mnt.join("filler")).expect("remove the filler");
+    wait_for_free_space(&f.mnt, 2 * 1024 * 1024);
     fs::write(f.mnt.join("after"), pattern(9, 1_000_000)).expect("write after freeing space");
     assert!(read(&f.mnt.join("after")) == pattern(9, 1_000_000));
     fs::write(f.mnt.join("lowerfile"), b"changed").expect("copy-up after freeing space");
@@ -183,6 +184,7 @@ fn copy_up_bigger_than_free_space_fails_cleanly() {
     );
     // Free space; the same copy-up now works.
     fs::remove_file(f.mnt.join("filler")).expect("remove filler");
+    wait_for_free_space(&f.mnt, 64 * 1024);
     let mut h = OpenOptions::new()
         .append(true)
         .open(f.mnt.join("big"))
@@ -227,6 +229,7 @@ fn metadata_ops_on_a_full_upper_fail_or_succeed_without_damage() {
         assert_eq!(read(&f.mnt.join("dir/file")), b"content");
     }
     fs::remove_file(f.mnt.join("filler")).expect("remove filler");
+    wait_for_free_space(&f.mnt, 64 * 1024);
     fs::write(f.mnt.join("dir/again"), b"works").expect("write after freeing space");
     assert_eq!(read(&f.mnt.join("dir/again")), b"works");
     assert_eq!(
@@ -237,4 +240,21 @@ fn metadata_ops_on_a_full_upper_fail_or_succeed_without_damage() {
     um.unmount().expect("unmount unionfs");
     tmpfs.unmount().expect("unmount tmpfs");
     cleanup(&f);
+}
+
+/// FUSE sends RELEASE for a file's last close asynchronously, so tmpfs gets
+/// the space of an unlinked file back only once the daemon has closed its
+/// upper fd. Wait (up to 5 s) until the mount reports `bytes` free.
+fn wait_for_free_space(mnt: &std::path::Path, bytes: u64) {
+    for _ in 0..50 {
+        let st = nix::sys::statvfs::statvfs(mnt).expect("statfs of the mount");
+        if st.blocks_available() as u64 * st.fragment_size() as u64 >= bytes {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "{}: space was not given back after removing the filler",
+        mnt.display()
+    );
 }
