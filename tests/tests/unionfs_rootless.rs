@@ -124,6 +124,9 @@ fn rootless_squash_to_root_and_id_mapping() {
         test \"$(stat -c %u:%g {m}/d/low)\" = 0:0
         fusermount3 -u {m}
         {bin} -o {opts},uidmapping=0:{uid}:1,gidmapping=0:{gid}:1 {m}
+        # the first daemon exits after this mount exists: it must not take it down
+        sleep 0.5
+        grep -q \" {m} fuse.unionfs \" /proc/self/mounts
         test \"$(stat -c %u:%g {m}/d/top)\" = 0:0
         fusermount3 -u {m}",
         bin = bin.display(),

@@ -16,6 +16,7 @@
 pub mod dir_layer;
 mod fs;
 mod inode;
+mod kmount;
 pub mod layer;
 pub mod mount;
 pub mod store_layer;

@@ -4,7 +4,9 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{Config, SessionACL};
+
+use crate::kmount::{self, KernelMount, KernelOptions};
 
 use crate::dir_layer::DirLayer;
 use crate::fs::{FsTuning, UnionFs};
@@ -209,7 +211,7 @@ fn to_mapping(ranges: &[IdRange], squash: bool) -> IdMapping {
 }
 
 /// Builds the FUSE filesystem and the fuser session config for `cfg`.
-fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config), Error> {
+fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config, KernelOptions), Error> {
     if cfg.lowers.is_empty() && cfg.upper.is_none() {
         return Err(Error::Config(
             "no lower layers and no upper directory: give lowerdir= or an image".into(),
@@ -247,52 +249,68 @@ fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config), Error> {
             posix_acl: cfg.default_permissions,
         },
     );
-    let mut options = vec![
-        MountOption::FSName(cfg.fsname.clone()),
-        MountOption::Subtype("unionfs".to_string()),
-    ];
-    if cfg.default_permissions {
-        options.push(MountOption::DefaultPermissions);
-    }
-    if read_only {
-        options.push(MountOption::RO);
-    }
+    let mut k = KernelOptions {
+        fsname: cfg.fsname.clone(),
+        subtype: "unionfs".to_string(),
+        allow_other: cfg.allow_other,
+        default_permissions: cfg.default_permissions,
+        read_only,
+        ..KernelOptions::default()
+    };
     for o in &cfg.mount_options {
-        let opt = match o.as_str() {
-            "dev" => MountOption::Dev,
-            "nodev" => MountOption::NoDev,
-            "suid" => MountOption::Suid,
-            "nosuid" => MountOption::NoSuid,
-            "exec" => MountOption::Exec,
-            "noexec" => MountOption::NoExec,
-            "atime" => MountOption::Atime,
-            "noatime" => MountOption::NoAtime,
-            "sync" => MountOption::Sync,
-            "async" => MountOption::Async,
-            "dirsync" => MountOption::DirSync,
-            "ro" => MountOption::RO,
-            _ => continue,
-        };
-        if read_only && opt == MountOption::RO {
-            continue;
+        match o.as_str() {
+            "dev" => k.dev = true,
+            "nodev" => k.dev = false,
+            "suid" => k.suid = true,
+            "nosuid" => k.suid = false,
+            "exec" => k.noexec = false,
+            "noexec" => k.noexec = true,
+            "atime" => k.noatime = false,
+            "noatime" => k.noatime = true,
+            "sync" => k.sync = true,
+            "async" => k.sync = false,
+            "dirsync" => k.dirsync = true,
+            "ro" => k.read_only = true,
+            _ => {}
         }
-        options.push(opt);
     }
     let mut config = Config::default();
-    config.mount_options = options;
-    config.acl = if cfg.allow_other {
+    config.acl = acl(cfg);
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    Ok((fs, config, k))
+}
+
+fn acl(cfg: &MountConfig) -> SessionACL {
+    if cfg.allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner
-    };
-    config.n_threads = Some(cfg.threads.max(1));
-    config.clone_fd = true;
-    Ok((fs, config))
+    }
+}
+
+/// Mounts the kernel side and starts a fuser session on the connection.
+fn connect(
+    cfg: &MountConfig,
+    mountpoint: &Path,
+) -> Result<(fuser::Session<UnionFs>, Arc<KernelMount>), Error> {
+    let (fs, config, kopts) = prepare(cfg)?;
+    let (fd, km) = kmount::mount(mountpoint, &kopts)
+        .map_err(io_err(format!("mounting at {}", mountpoint.display())))?;
+    let km = Arc::new(km);
+    match fuser::Session::from_fd(fs, fd, acl(cfg), config) {
+        Ok(s) => Ok((s, km)),
+        Err(e) => {
+            let _ = km.unmount(true);
+            Err(io_err(format!("mounting at {}", mountpoint.display()))(e))
+        }
+    }
 }
 
 /// A live mount served by background threads. Unmounts on drop.
 pub struct MountHandle {
     session: Option<fuser::BackgroundSession>,
+    kernel: Arc<KernelMount>,
     mountpoint: PathBuf,
 }
 
@@ -308,9 +326,15 @@ impl MountHandle {
     }
 
     fn unmount_inner(&mut self) -> Result<(), Error> {
+        if self.session.is_none() {
+            return Ok(());
+        }
+        self.kernel
+            .unmount(false)
+            .map_err(io_err(format!("unmounting {}", self.mountpoint.display())))?;
         if let Some(s) = self.session.take() {
-            s.umount_and_join()
-                .map_err(io_err(format!("unmounting {}", self.mountpoint.display())))?;
+            s.join()
+                .map_err(io_err(format!("serving {}", self.mountpoint.display())))?;
         }
         Ok(())
     }
@@ -358,15 +382,14 @@ impl Drop for MountHandle {
 /// # Ok::<(), unionfs::Error>(())
 /// ```
 pub fn mount_background(cfg: MountConfig, mountpoint: &Path) -> Result<MountHandle, Error> {
-    let (fs, config) = prepare(&cfg)?;
-    let session = fuser::Session::new(fs, mountpoint, &config)
-        .map_err(io_err(format!("mounting at {}", mountpoint.display())))?;
+    let (session, kernel) = connect(&cfg, mountpoint)?;
     let bg = session.spawn().map_err(io_err(format!(
         "starting the server for {}",
         mountpoint.display()
     )))?;
     Ok(MountHandle {
         session: Some(bg),
+        kernel,
         mountpoint: mountpoint.to_path_buf(),
     })
 }
@@ -380,25 +403,25 @@ pub fn mount_foreground(
     ready: impl FnOnce(),
 ) -> Result<(), Error> {
     let sigs = sys::block_term_signals();
-    let (fs, config) = prepare(&cfg)?;
-    let mut session = fuser::Session::new(fs, mountpoint, &config)
-        .map_err(io_err(format!("mounting at {}", mountpoint.display())))?;
-    let mut unmounter = session.unmount_callable();
-    let mp = mountpoint.to_path_buf();
+    let (session, kernel) = connect(&cfg, mountpoint)?;
+    let unmounter = kernel.clone();
     std::thread::Builder::new()
         .name("unionfs-signals".into())
         .spawn(move || {
             let sig = sys::wait_signal(&sigs);
             tracing::info!(sig, "signal received, unmounting");
-            if unmounter.unmount().is_err() {
-                let _ = sys::lazy_umount(&mp);
+            if unmounter.unmount(false).is_err() {
+                let _ = unmounter.unmount(true);
             }
         })
         .map_err(io_err("starting the signal thread".into()))?;
     ready();
-    session
+    let res = session
         .run()
-        .map_err(io_err(format!("serving {}", mountpoint.display())))
+        .map_err(io_err(format!("serving {}", mountpoint.display())));
+    // Only if the session ended with the mount still there (an error).
+    let _ = kernel.unmount(true);
+    res
 }
 
 /// Mounts in a daemon process (like fuse-overlayfs without `-f`): forks,

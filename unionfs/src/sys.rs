@@ -795,12 +795,3 @@ pub fn wait_signal(set: &libc::sigset_t) -> i32 {
     }
     sig
 }
-
-/// `umount2(path, MNT_DETACH)`.
-pub fn lazy_umount(path: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = cstr(path.as_os_str().as_bytes())?;
-    // SAFETY: c is NUL-terminated.
-    check(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) })?;
-    Ok(())
-}
