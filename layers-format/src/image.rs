@@ -1,12 +1,19 @@
 //! Images: an ordered list of layers plus the run configuration, and the
 //! names (`NAME:TAG` refs) that point at them.
+//!
+//! An image pulled from a registry also keeps what the registry served, byte
+//! for byte, in [`ImageRecord::sources`]: the manifest, the config blob and
+//! every compressed layer blob, as store blobs. A push sends those bytes
+//! again, so the pushed image has the same layer and manifest digests as the
+//! pulled one. They are roots of the image: `gc` keeps them while the record
+//! exists and drops them with it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ids::{ImageId, LayerId};
+use crate::ids::{BlobId, ImageId, LayerId};
 
 /// How to run an image: the parts of the OCI image config strata uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +75,71 @@ pub struct ImageRecord {
     /// When it was added to this store (seconds since the epoch).
     #[serde(default)]
     pub added_unix: i64,
+    /// The OCI images this image was received as, with their blobs kept as
+    /// received (see [`ImageSource`]); newest last. Empty for images built
+    /// or imported locally, and in records written before this field existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<ImageSource>,
+}
+
+/// Most [`ImageSource`]s one image record keeps; older ones are dropped.
+pub const MAX_SOURCES: usize = 8;
+
+/// A blob kept in the store exactly as it was received, with the OCI
+/// descriptor that names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptBlob {
+    /// OCI media type, e.g. `application/vnd.oci.image.layer.v1.tar+gzip`.
+    pub media_type: String,
+    /// sha256 of the bytes, `sha256:<64 hex>`.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The store blob holding the bytes.
+    pub blob: BlobId,
+}
+
+/// One OCI image (manifest, config, layer blobs) an image record was
+/// received as, every part kept as a store blob. Record field `sources`:
+///
+/// ```json
+/// {"names": ["127.0.0.1:5000/app:1"],
+///  "manifest": {"media_type": "...manifest.v1+json", "digest": "sha256:...", "size": 402, "blob": "<blake3>"},
+///  "config":   {"media_type": "...config.v1+json",   "digest": "sha256:...", "size": 611, "blob": "<blake3>"},
+///  "layers":  [{"media_type": "...tar+gzip",        "digest": "sha256:...", "size": 912, "blob": "<blake3>"}]}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// Names (`name:tag`, normalised) it was received under; empty when it
+    /// was received by digest only.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The image manifest.
+    pub manifest: KeptBlob,
+    /// The config blob.
+    pub config: KeptBlob,
+    /// The layer blobs, one per entry of [`ImageRecord::layers`], in order.
+    pub layers: Vec<KeptBlob>,
+}
+
+impl ImageSource {
+    /// Every blob of this source: manifest, config, then layers.
+    pub fn blobs(&self) -> impl Iterator<Item = &KeptBlob> {
+        [&self.manifest, &self.config]
+            .into_iter()
+            .chain(self.layers.iter())
+    }
+}
+
+impl ImageRecord {
+    /// The source to send when pushing this image as `name_or_id`: the one
+    /// received under that name, else the newest.
+    pub fn source_for(&self, name_or_id: &str) -> Option<&ImageSource> {
+        let by_name = normalize_name(name_or_id)
+            .ok()
+            .and_then(|n| self.sources.iter().rev().find(|s| s.names.contains(&n)));
+        by_name.or(self.sources.last())
+    }
 }
 
 /// What identifies an image: the id is the BLAKE3 of this, as JSON.
@@ -182,6 +254,7 @@ pub(crate) fn record_for(new: &NewImage, names: Vec<String>, added_unix: i64) ->
         config_digest: new.config_digest.clone(),
         manifest_digest: new.manifest_digest.clone(),
         added_unix,
+        sources: Vec::new(),
     }
 }
 

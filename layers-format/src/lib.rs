@@ -25,7 +25,7 @@ pub mod view;
 
 pub use error::{Error, Result};
 pub use ids::{BlobId, ImageId, LayerId};
-pub use image::{ImageConfig, ImageRecord, NewImage};
+pub use image::{ImageConfig, ImageRecord, ImageSource, KeptBlob, NewImage};
 pub use import::{Compression, DirFormat, LayerImport, SourceKind};
 pub use index::{Attr, Content, DirEntry, FileKind, Index};
 pub use maint::{DiskUsage, GcReport, Problem, VerifyReport};

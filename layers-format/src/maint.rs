@@ -46,6 +46,9 @@ pub struct VerifyReport {
     pub layers_checked: u64,
     /// Images checked.
     pub images_checked: u64,
+    /// Blobs kept as a registry served them (image sources) whose sha256
+    /// and size were checked against their descriptors.
+    pub kept_blobs_checked: u64,
     /// Bytes hashed.
     pub bytes_hashed: u64,
     /// Every problem found.
@@ -74,12 +77,17 @@ pub struct DiskUsage {
     pub dedup_ratio: f64,
     /// Bytes of temp files left by interrupted writes.
     pub temp_bytes: u64,
+    /// Bytes of blobs kept as a registry served them (compressed layers,
+    /// configs, manifests of pulled images, see `ImageRecord::sources`);
+    /// part of `blob_bytes` and `real_bytes`.
+    pub kept_blob_bytes: u64,
 }
 
 impl Store {
-    /// Remove layers no image uses, blobs no layer uses, digest entries of
-    /// removed layers and temp files of interrupted writes. Roots are all
-    /// image records and the images of `containers/*/image-id`. Waits for
+    /// Remove layers no image uses, blobs no layer or image source uses,
+    /// digest entries of removed layers and temp files of interrupted
+    /// writes. Roots are all image records (their layers and the blobs of
+    /// their `sources`) and the images of `containers/*/image-id`. Waits for
     /// running imports (exclusive store lock).
     pub fn gc(&self) -> Result<GcReport> {
         let _lock = self.lock_exclusive()?;
@@ -106,6 +114,11 @@ impl Store {
                 ))
             })?;
             live_blobs.extend(index.blobs());
+        }
+        for image in &images {
+            for source in &image.sources {
+                live_blobs.extend(source.blobs().map(|b| b.blob));
+            }
         }
         // Sweep.
         for layer in self.list_layers()? {
@@ -211,6 +224,7 @@ impl Store {
                 }
             }
         }
+        let mut kept_checked: HashSet<(BlobId, String, u64)> = HashSet::new();
         for image in self.list_images()? {
             report.images_checked += 1;
             for layer in &image.layers {
@@ -219,6 +233,42 @@ impl Store {
                         path: self.layer_path(layer),
                         problem: format!("layer {layer} of image {} is missing", image.id),
                     });
+                }
+            }
+            for kept in image.sources.iter().flat_map(|s| s.blobs()) {
+                if !kept_checked.insert((kept.blob, kept.digest.clone(), kept.size)) {
+                    continue;
+                }
+                report.kept_blobs_checked += 1;
+                let path = self.blob_path(&kept.blob);
+                if !blobs.contains_key(&kept.blob) {
+                    report.problems.push(Problem {
+                        path,
+                        problem: format!(
+                            "blob {} ({}) kept for image {} is missing; pull the image again",
+                            kept.blob, kept.digest, image.id
+                        ),
+                    });
+                    continue;
+                }
+                match sha256_file(&path) {
+                    Ok((digest, size)) => {
+                        report.bytes_hashed += size;
+                        if digest != kept.digest || size != kept.size {
+                            report.problems.push(Problem {
+                                path,
+                                problem: format!(
+                                    "blob {} kept for image {} should be {} ({} bytes) \
+                                     but is {digest} ({size} bytes)",
+                                    kept.blob, image.id, kept.digest, kept.size
+                                ),
+                            });
+                        }
+                    }
+                    Err(e) => report.problems.push(Problem {
+                        path,
+                        problem: format!("cannot read kept blob: {e}"),
+                    }),
                 }
             }
         }
@@ -255,7 +305,13 @@ impl Store {
             layer_logical.insert(layer, logical);
         }
         du.real_bytes = du.blob_bytes + du.index_bytes;
+        let mut kept: HashSet<BlobId> = HashSet::new();
         for image in self.list_images()? {
+            for b in image.sources.iter().flat_map(|s| s.blobs()) {
+                if kept.insert(b.blob) {
+                    du.kept_blob_bytes += blob_sizes.get(&b.blob).copied().unwrap_or(0);
+                }
+            }
             du.images += 1;
             du.logical_bytes += image
                 .layers
@@ -277,5 +333,155 @@ impl Store {
             du.logical_bytes as f64 / du.real_bytes as f64
         };
         Ok(du)
+    }
+}
+
+/// The sha256 (`sha256:<hex>`) and size of the file at `path`.
+fn sha256_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut file = fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{ImageSource, KeptBlob};
+    use crate::{Compression, NewImage};
+
+    fn layer_tar(content: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(content.len() as u64);
+        b.append_data(&mut h, "etc/file", content).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// Keep `bytes` as a blob the way a pull does (a file moved in).
+    fn keep(store: &Store, bytes: &[u8], media_type: &str) -> KeptBlob {
+        let p = store.tmp_path("test-download");
+        fs::write(&p, bytes).unwrap();
+        let (blob, size) = store.add_blob_file(&p).unwrap();
+        assert!(!p.exists(), "the file is moved into the store");
+        KeptBlob {
+            media_type: media_type.into(),
+            digest: crate::oci::sha256_digest(bytes),
+            size,
+            blob,
+        }
+    }
+
+    fn source(store: &Store, seed: &str, names: &[&str]) -> ImageSource {
+        ImageSource {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            manifest: keep(store, format!("manifest {seed}").as_bytes(), "m"),
+            config: keep(store, format!("config {seed}").as_bytes(), "c"),
+            layers: vec![keep(store, format!("layer {seed}").as_bytes(), "l")],
+        }
+    }
+
+    #[test]
+    fn kept_blobs_are_roots_verified_and_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let layer = store
+            .import_layer_tar(&layer_tar(b"hello")[..], Compression::None)
+            .unwrap()
+            .layer;
+        let new = NewImage {
+            layers: vec![layer],
+            ..Default::default()
+        };
+        let rec = store
+            .add_image(&new, &["app:1".into(), "app:2".into()])
+            .unwrap();
+        assert!(rec.sources.is_empty());
+
+        let one = source(&store, "one", &["app:1"]);
+        let rec = store.add_image_source(&rec.id, &one).unwrap();
+        assert_eq!(rec.sources, vec![one.clone()]);
+        let two = source(&store, "two", &["app:2"]);
+        store.add_image_source(&rec.id, &two).unwrap();
+        // The same manifest again merges names instead of adding a source.
+        let mut one_again = one.clone();
+        one_again.names = vec!["app:3".into()];
+        let rec = store.add_image_source(&rec.id, &one_again).unwrap();
+        assert_eq!(rec.sources.len(), 2);
+        assert_eq!(rec.source_for("app:1").unwrap().manifest, one.manifest);
+        assert_eq!(rec.source_for("app:3").unwrap().manifest, one.manifest);
+        assert_eq!(rec.source_for("app:2").unwrap().manifest, two.manifest);
+        assert_eq!(
+            rec.source_for(&rec.id.to_hex()).unwrap().manifest,
+            one.manifest,
+            "by id: the newest"
+        );
+        let found = store.find_kept_blob(&two.layers[0].digest).unwrap();
+        assert_eq!(found.as_ref(), Some(&two.layers[0]));
+
+        // Kept blobs survive gc, are verified and counted.
+        let gc = store.gc().unwrap();
+        assert_eq!(gc.blobs_removed, 0, "{gc:?}");
+        let report = store.verify().unwrap();
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(report.kept_blobs_checked, 6);
+        let du = store.df().unwrap();
+        let kept: u64 = one.blobs().chain(two.blobs()).map(|b| b.size).sum();
+        assert_eq!(du.kept_blob_bytes, kept);
+
+        // A source taking over every name of another replaces it.
+        let three = source(&store, "three", &["app:2"]);
+        let rec = store.add_image_source(&rec.id, &three).unwrap();
+        assert_eq!(rec.sources.len(), 2);
+        assert!(rec.sources.iter().all(|s| s.manifest != two.manifest));
+        let gc = store.gc().unwrap();
+        assert_eq!(gc.blobs_removed, 3, "the replaced source's blobs go");
+
+        // A layer count that does not match is refused.
+        let mut bad = source(&store, "bad", &[]);
+        bad.layers.clear();
+        assert!(store.add_image_source(&rec.id, &bad).is_err());
+
+        // A kept blob whose bytes do not match its digest is reported.
+        let mut wrong = source(&store, "wrong", &["app:9"]);
+        wrong.layers[0].digest = crate::oci::sha256_digest(b"something else");
+        store.add_image_source(&rec.id, &wrong).unwrap();
+        let report = store.verify().unwrap();
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert!(report.problems[0].problem.contains("should be"));
+
+        // Removing the image drops its kept blobs at the next gc.
+        store.remove_image(&rec.id.to_hex(), false).unwrap();
+        let gc = store.gc().unwrap();
+        assert_eq!(gc.layers_removed, 1);
+        assert!(list_blobs(&store).unwrap().is_empty(), "{gc:?}");
+        assert!(store.verify().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn records_without_sources_still_load() {
+        let json = r#"{"id":"0000000000000000000000000000000000000000000000000000000000000000",
+            "layers":[],"config":{"env":[]}}"#;
+        let rec: crate::ImageRecord = serde_json::from_str(json).unwrap();
+        assert!(rec.sources.is_empty());
+        let out = serde_json::to_string(&rec).unwrap();
+        assert!(
+            !out.contains("sources"),
+            "no new field for images without one"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! <store>/
 //!   blobs/<2 hex>/<64 hex>   file contents, named by BLAKE3
 //!   layers/<64 hex>.idx      layer indexes, named by the BLAKE3 of the file
-//!   images/<64 hex>.json     image records
+//!   images/<64 hex>.json     image records (JSON, see `image::ImageRecord`;
+//!                            `sources` lists blobs kept as a registry served them)
 //!   refs.json                name:tag -> image id
 //!   sha256/<64 hex>          OCI digest side map: "layer <id>" or "blob <id>"
 //!   tmp/                     files being written (removed by gc)
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{BlobId, ImageId, LayerId};
-use crate::image::{self, ImageRecord, NewImage};
+use crate::image::{self, ImageRecord, ImageSource, KeptBlob, NewImage};
 use crate::index::Index;
 
 /// A layer store rooted at one directory.
@@ -166,6 +167,64 @@ impl Store {
         let (id, size) = staging.add_blob(reader, "blob")?;
         staging.commit()?;
         Ok((id, size))
+    }
+
+    /// Move the complete file at `path` into the store as a blob, durably,
+    /// without copying when it is on the store's filesystem (e.g. a download
+    /// staged under the store). The file is gone afterwards. Returns the
+    /// blob's id and size. Callers hold [`Store::lock_shared`] until
+    /// something (an image record) refers to the blob, or `gc` may take it.
+    pub fn add_blob_file(&self, path: &Path) -> Result<(BlobId, u64)> {
+        let _lock = self.lock_shared()?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_mmap(path).ctx("read blob file", path)?;
+        let size = hasher.count();
+        let id = BlobId::from(hasher.finalize());
+        let dest = self.blob_path(&id);
+        if dest.exists() {
+            fs::remove_file(path).ctx("remove", path)?;
+            return Ok((id, size));
+        }
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .ctx("fsync", path)?;
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent).ctx("create blob directory", &parent)?;
+        match fs::rename(path, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                // Another filesystem: copy through a temp file instead.
+                let mut f = File::open(path).ctx("open", path)?;
+                let (copied, _) = self.write_blob(&mut f)?;
+                if copied != id {
+                    return Err(Error::Conflict(format!(
+                        "{} changed while it was added to the store; try again",
+                        path.display()
+                    )));
+                }
+                fs::remove_file(path).ctx("remove", path)?;
+                return Ok((id, size));
+            }
+            Err(e) => return Err(Error::io("rename blob into place", dest, e)),
+        }
+        sync_dir(&parent)?;
+        Ok((id, size))
+    }
+
+    /// A blob some image keeps as received (see [`ImageSource`]) whose
+    /// sha256 is `digest`, if one is in the store.
+    pub fn find_kept_blob(&self, digest: &str) -> Result<Option<KeptBlob>> {
+        for image in self.list_images()? {
+            for source in &image.sources {
+                if let Some(kept) = source
+                    .blobs()
+                    .find(|b| b.digest == digest && self.has_blob(&b.blob))
+                {
+                    return Ok(Some(kept.clone()));
+                }
+            }
+        }
+        Ok(None)
     }
 
     // ---- layers -----------------------------------------------------------
@@ -396,6 +455,72 @@ impl Store {
             self.write_refs(&refs)?;
         }
         self.resolve_image(&id.to_hex())
+    }
+
+    /// Record that image `id` was received as `source` (blobs already in
+    /// the store, one layer blob per image layer). A source with the same
+    /// manifest digest is merged with it; a source whose names all move to
+    /// `source` is dropped; at most [`image::MAX_SOURCES`] are kept, newest
+    /// last. Returns the updated record.
+    pub fn add_image_source(&self, id: &ImageId, source: &ImageSource) -> Result<ImageRecord> {
+        let _lock = self.lock_shared()?;
+        let mut source = source.clone();
+        source.names = source
+            .names
+            .iter()
+            .map(|n| image::normalize_name(n))
+            .collect::<Result<Vec<_>>>()?;
+        for kept in source.blobs() {
+            if !self.has_blob(&kept.blob) {
+                return Err(Error::NotFound {
+                    kind: "blob",
+                    name: format!("{} ({})", kept.blob, kept.digest),
+                    store: self.root.clone(),
+                });
+            }
+        }
+        // The refs lock serialises read-modify-write of records.
+        let _refs_lock = self.lock_refs()?;
+        let mut rec = self.read_image(id)?;
+        if source.layers.len() != rec.layers.len() {
+            return Err(Error::Conflict(format!(
+                "image {id} has {} layers but its source {} lists {}",
+                rec.layers.len(),
+                source.manifest.digest,
+                source.layers.len()
+            )));
+        }
+        let mut sources = std::mem::take(&mut rec.sources);
+        for old in &mut sources {
+            if old.manifest == source.manifest {
+                for n in &old.names {
+                    if !source.names.contains(n) {
+                        source.names.push(n.clone());
+                    }
+                }
+            }
+        }
+        sources.retain_mut(|old| {
+            if old.manifest == source.manifest {
+                return false;
+            }
+            let had_names = !old.names.is_empty();
+            old.names.retain(|n| !source.names.contains(n));
+            !had_names || !old.names.is_empty()
+        });
+        sources.push(source);
+        let excess = sources.len().saturating_sub(image::MAX_SOURCES);
+        sources.drain(..excess);
+        rec.sources = sources;
+        rec.names = Vec::new();
+        let path = self.image_path(id);
+        let json = serde_json::to_vec_pretty(&rec).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(self, &path, &json)?;
+        let refs = self.read_refs()?;
+        Ok(self.with_names(rec, &refs))
     }
 
     /// Give image `name_or_id` the additional name `new_name`.
