@@ -32,6 +32,10 @@ pub struct ProcessSpec {
     pub no_new_privs: bool,
     /// A terminal is attached (adds TERM).
     pub tty: bool,
+    /// Supplementary groups added to the user's own (OCI
+    /// `process.user.additionalGids`).
+    #[serde(default)]
+    pub groups_add: Vec<u32>,
 }
 
 /// Why exec failed: docker's exit code and a message.
@@ -162,6 +166,11 @@ pub fn finalize_and_exec(spec: &ProcessSpec, hostname: Option<&str>) -> ExecFail
 
 type Prepared = (CString, Vec<CString>, Vec<CString>);
 
+/// Whether setgroups(2) is disabled in this user namespace.
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
 fn prepare(spec: &ProcessSpec, hostname: Option<&str>) -> Result<Prepared, ExecFailure> {
     let id = user::resolve(&spec.user, Path::new("/")).map_err(ExecFailure::setup)?;
     let env = complete_env(&spec.env, &id.home, hostname, spec.tty);
@@ -183,15 +192,30 @@ fn prepare(spec: &ProcessSpec, hostname: Option<&str>) -> Result<Prepared, ExecF
     let programs = seccomp_programs(spec).map_err(ExecFailure::setup)?;
     capabilities::limit_bounding(&spec.caps).map_err(ExecFailure::setup)?;
     nix::sys::prctl::set_keepcaps(true).map_err(|e| ExecFailure::setup(e.into()))?;
-    let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    let mut groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    for g in &spec.groups_add {
+        if !groups.contains(&Gid::from_raw(*g)) {
+            groups.push(Gid::from_raw(*g));
+        }
+    }
+    // Without no_new_privs the filter must go in while we still hold
+    // CAP_SYS_ADMIN (as runc does); the steps below then run under it.
+    let early = !spec.no_new_privs && !programs.is_empty();
+    if early {
+        seccomp::apply_keeping_privileges(&programs).map_err(ExecFailure::setup)?;
+    }
     let step = |r: nix::Result<()>, what: &str| {
         r.with_context(|| what.to_string())
             .map_err(ExecFailure::setup)
     };
-    step(
-        nix::unistd::setgroups(&groups),
-        "setting supplementary groups",
-    )?;
+    // A user namespace with a single-id map denies setgroups; nothing is
+    // lost when there are no groups to set.
+    if !(groups.is_empty() && setgroups_denied()) {
+        step(
+            nix::unistd::setgroups(&groups),
+            "setting supplementary groups",
+        )?;
+    }
     step(
         nix::unistd::setresgid(
             Gid::from_raw(id.gid),
@@ -231,7 +255,9 @@ fn prepare(spec: &ProcessSpec, hostname: Option<&str>) -> Result<Prepared, ExecF
         nix::sys::prctl::set_no_new_privs().map_err(|e| ExecFailure::setup(e.into()))?;
     }
     // Last: after this only the exec itself runs under the filter.
-    seccomp::apply(&programs).map_err(ExecFailure::setup)?;
+    if !early {
+        seccomp::apply(&programs).map_err(ExecFailure::setup)?;
+    }
     Ok((path, argv, envp))
 }
 

@@ -10,10 +10,11 @@
 //! libcs fall back to `clone`, as docker does.
 //!
 //! Custom profiles use docker's JSON format (`defaultAction`, `syscalls`
-//! with `names`, `action`, `args`); each action group becomes one
-//! seccompiler filter and the kernel applies the strictest result.
+//! with `names`, `action`, `args`), compiled to a small stack of
+//! seccompiler filters whose combined verdict is the profile's (see
+//! [`from_docker_json`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use seccompiler::{
@@ -238,20 +239,29 @@ fn known_syscall(name: &str) -> bool {
 
 /// Compile a docker-format JSON profile. Syscalls unknown on this
 /// architecture are skipped, as docker does.
+///
+/// seccompiler gives each filter one match action, so a profile becomes a
+/// stack of filters whose combined verdict (the kernel takes the strictest
+/// one) is the profile's: one filter per non-allow action, each answering
+/// allow for everything it does not name, and last a filter that allows
+/// every rule the profile names and answers the default action for the
+/// rest. A syscall no rule names thus gets the default action; one that a
+/// rule names gets that rule's action. The default filter goes last so the
+/// earlier ones can still be installed under a strict default.
 pub fn from_docker_json(text: &str) -> Result<Vec<BpfProgram>> {
     let p: DockerProfile =
         serde_json::from_str(text).context("parsing the seccomp profile (docker JSON format)")?;
     let default = action_json(&p.default_action, p.default_errno_ret)?;
-    let mut groups: HashMap<String, (serde_json::Value, Vec<serde_json::Value>)> = HashMap::new();
+    let allow = serde_json::Value::from("allow");
+    // Keyed by the action's JSON text so the order is stable.
+    let mut groups: BTreeMap<String, (serde_json::Value, Vec<serde_json::Value>)> = BTreeMap::new();
+    let mut named: Vec<serde_json::Value> = Vec::new();
     for r in &p.syscalls {
         let action = action_json(&r.action, r.errno_ret)?;
         if action == default {
             continue;
         }
         let args = r.args.iter().map(arg_json).collect::<Result<Vec<_>>>()?;
-        let entry = groups
-            .entry(action.to_string())
-            .or_insert_with(|| (action.clone(), Vec::new()));
         for name in r.names.iter().chain(r.name.iter()) {
             if !known_syscall(name) {
                 continue;
@@ -260,25 +270,76 @@ pub fn from_docker_json(text: &str) -> Result<Vec<BpfProgram>> {
             if !args.is_empty() {
                 rule["args"] = serde_json::Value::Array(args.clone());
             }
-            entry.1.push(rule);
+            named.push(rule.clone());
+            if action != allow {
+                groups
+                    .entry(action.to_string())
+                    .or_insert_with(|| (action.clone(), Vec::new()))
+                    .1
+                    .push(rule);
+            }
         }
     }
     let mut out = Vec::new();
-    if groups.is_empty() {
-        // Only a default action: one filter that matches nothing specific.
-        groups.insert("x".into(), ("allow".into(), Vec::new()));
+    for (action, rules) in groups.into_values() {
+        out.push(compile_json(&allow, &action, &merge_rules(rules))?);
     }
-    for (_, (action, rules)) in groups {
-        let json = serde_json::json!({ "f": {
-            "mismatch_action": default, "match_action": action, "filter": rules
-        }});
-        let mut map = seccompiler::compile_from_json(json.to_string().as_bytes(), ARCH)
-            .context("compiling the seccomp profile")?;
-        if let Some(prog) = map.remove("f") {
-            out.push(prog);
-        }
+    if default != allow {
+        out.push(compile_json(&default, &allow, &merge_rules(named))?);
     }
     Ok(out)
+}
+
+/// seccompiler wants one entry per syscall: rules for the same syscall are
+/// merged (an entry without arguments matches every call and wins).
+fn merge_rules(rules: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut by_name: BTreeMap<String, Option<Vec<serde_json::Value>>> = BTreeMap::new();
+    for r in rules {
+        let name = r["syscall"].as_str().unwrap_or_default().to_string();
+        let slot = by_name.entry(name).or_insert_with(|| Some(Vec::new()));
+        match (r.get("args"), slot.as_mut()) {
+            (Some(a), Some(list)) => list.push(a.clone()),
+            (None, _) => *slot = None,
+            (Some(_), None) => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (name, conds) in by_name {
+        match conds {
+            None => out.push(serde_json::json!({ "syscall": name })),
+            // One entry per argument set: seccompiler ORs the entries of a
+            // syscall and ANDs the conditions inside each.
+            Some(list) => {
+                for args in list {
+                    out.push(serde_json::json!({ "syscall": name, "args": args }));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn compile_json(
+    mismatch: &serde_json::Value,
+    matched: &serde_json::Value,
+    rules: &[serde_json::Value],
+) -> Result<BpfProgram> {
+    let json = serde_json::json!({ "f": {
+        "mismatch_action": mismatch, "match_action": matched, "filter": rules
+    }});
+    let mut map = seccompiler::compile_from_json(json.to_string().as_bytes(), ARCH)
+        .context("compiling the seccomp profile")?;
+    map.remove("f")
+        .context("compiling the seccomp profile: the compiler returned no filter")
+}
+
+/// Load the filters without setting no_new_privs (needs CAP_SYS_ADMIN):
+/// for processes whose spec leaves no_new_privs off, as runc does.
+pub fn apply_keeping_privileges(programs: &[BpfProgram]) -> Result<()> {
+    for p in programs {
+        crate::sys::install_seccomp(p).context("installing the seccomp filter")?;
+    }
+    Ok(())
 }
 
 /// Load the filter into the calling thread (the last step before exec).
@@ -305,7 +366,63 @@ mod tests {
             {"names":["read","write","no_such_call"],"action":"SCMP_ACT_ALLOW"},
             {"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":0,"op":"SCMP_CMP_EQ"}]}]}"#;
         assert_eq!(from_docker_json(p).unwrap().len(), 1);
+        // One default filter plus one per non-allow action.
+        let mixed = r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
+            {"names":["read"],"action":"SCMP_ACT_ALLOW"},
+            {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":13},
+            {"names":["keyctl"],"action":"SCMP_ACT_KILL"}]}"#;
+        assert_eq!(from_docker_json(mixed).unwrap().len(), 3);
         assert!(from_docker_json(r#"{"defaultAction":"SCMP_ACT_WAT"}"#).is_err());
         assert!(from_docker_json("not json").is_err());
+    }
+
+    /// Runs `probe` in a forked child under `programs`; returns its exit code.
+    fn in_child_under(programs: &[BpfProgram], probe: fn() -> i32) -> i32 {
+        // SAFETY: the child only makes raw syscalls (prctl, seccomp, the
+        // probe's calls, exit_group); the programs were built before fork.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                let mut code = 100;
+                if apply(programs).is_ok() {
+                    code = probe();
+                }
+                libc::syscall(libc::SYS_exit_group, code);
+                libc::_exit(code);
+            }
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+            libc::WEXITSTATUS(status)
+        }
+    }
+
+    /// errno of a raw syscall without arguments (0 when it succeeded).
+    fn errno_of(nr: libc::c_long) -> i32 {
+        // SAFETY: getpid/getppid/getuid take no arguments.
+        let r = unsafe { libc::syscall(nr) };
+        if r < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn profile_with_several_actions_gives_each_syscall_its_own_action() {
+        // Default ENOSYS; getpid allowed; getppid answers EACCES; getuid
+        // is named nowhere, so it gets the default.
+        let p = r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,"syscalls":[
+            {"names":["getpid","exit_group","exit"],"action":"SCMP_ACT_ALLOW"},
+            {"names":["getppid"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#;
+        let progs = from_docker_json(p).unwrap();
+        fn probe() -> i32 {
+            let a = errno_of(libc::SYS_getpid) == 0;
+            let b = errno_of(libc::SYS_getppid) == libc::EACCES;
+            let c = errno_of(libc::SYS_getuid) == libc::ENOSYS;
+            i32::from(a) | i32::from(b) << 1 | i32::from(c) << 2
+        }
+        assert_eq!(in_child_under(&progs, probe), 0b111);
     }
 }

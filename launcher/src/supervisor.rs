@@ -627,6 +627,7 @@ fn build_init_config(
             seccomp,
             no_new_privs: !cfg.privileged,
             tty: cfg.tty,
+            groups_add: Vec::new(),
         },
         reaper: cfg.init,
         console,

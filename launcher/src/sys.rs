@@ -191,3 +191,33 @@ pub fn dup2_raw(old: RawFd, new: RawFd) -> nix::Result<()> {
     let rc = unsafe { libc::dup2(old, new) };
     Errno::result(rc).map(drop)
 }
+
+/// seccomp(SECCOMP_SET_MODE_FILTER) of one compiled program, without
+/// touching no_new_privs (the caller holds CAP_SYS_ADMIN instead).
+pub fn install_seccomp(program: &[seccompiler::sock_filter]) -> std::io::Result<()> {
+    if program.is_empty() {
+        return Ok(());
+    }
+    let len = u16::try_from(program.len())
+        .map_err(|_| std::io::Error::other("seccomp program longer than 65535 instructions"))?;
+    let prog = libc::sock_fprog {
+        len,
+        // seccompiler's sock_filter is #[repr(C)] with the kernel's layout
+        // (u16 code, u8 jt, u8 jf, u32 k), the same as libc's.
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prog points at `len` valid instructions that outlive the
+    // call; the kernel copies them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -113,8 +113,14 @@ fn podman_runs_execs_and_removes_with_strata_as_runtime() {
 
     let mut args = vec!["run", "--rm"];
     args.extend(base);
-    args.extend([tag.as_str(), "sh", "-c", "echo pid1-is-$(cat /proc/1/comm)"]);
-    assert_eq!(ok(&runtime, &args).trim(), "pid1-is-sh");
+    args.extend([
+        tag.as_str(),
+        "sh",
+        "-c",
+        "echo pid1-is-$(cat /proc/1/comm) $(grep ^Seccomp: /proc/self/status | tr -d '\t')",
+    ]);
+    // podman's default seccomp profile (many actions) is in force: mode 2.
+    assert_eq!(ok(&runtime, &args).trim(), "pid1-is-sh Seccomp:2");
 
     let name = format!("strata-oci-p{}", rand::random::<u32>());
     let mut args = vec!["run", "-d", "--name", name.as_str()];

@@ -418,3 +418,73 @@ fn hooks_get_the_state_on_stdin() {
     assert_eq!(st["status"], "stopped");
     assert_eq!(st["id"], b.id.as_str());
 }
+
+#[test]
+fn seccomp_profile_with_several_actions_and_additional_gids_apply() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let data_path = data.path().to_path_buf();
+    // Each probe records its exit status; busybox prints the errno text.
+    let script = "mkdir /tmp/m 2>/data/mkdir.err; echo mkdir=$? >> /data/out; \
+                  chmod 600 /etc/passwd 2>/data/chmod.err; echo chmod=$? >> /data/out; \
+                  echo groups=$(id -G) >> /data/out; echo done >> /data/out";
+    let b = Bundle::new("seccomp", &["sh", "-c", script], |cfg, _| {
+        cfg["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data",
+            "type": "bind",
+            "source": data_path,
+            "options": ["rbind", "rw"]
+        }));
+        cfg["process"]["user"]["additionalGids"] = json!([4242, 4343]);
+        // Default allow, and two different non-default actions: both
+        // must apply to their own syscalls only.
+        cfg["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+                {"names": ["chmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO"}
+            ]
+        });
+    });
+    b.create();
+    b.ok(&["start", &b.id]);
+    let out = wait_file_with(&data.path().join("out"), "done\n");
+    b.wait_status("stopped");
+    assert!(out.contains("mkdir=1"), "{out}");
+    assert!(out.contains("chmod=1"), "{out}");
+    let mkdir_err = fs::read_to_string(data.path().join("mkdir.err")).unwrap();
+    assert!(mkdir_err.contains("Permission denied"), "{mkdir_err}");
+    let chmod_err = fs::read_to_string(data.path().join("chmod.err")).unwrap();
+    assert!(chmod_err.contains("Operation not permitted"), "{chmod_err}");
+    let groups = out
+        .lines()
+        .find_map(|l| l.strip_prefix("groups="))
+        .unwrap_or_default();
+    for g in ["4242", "4343"] {
+        assert!(
+            groups.split(' ').any(|x| x == g),
+            "groups {groups:?} lack {g}"
+        );
+    }
+}
+
+/// Waits until `p` ends with `tail`.
+fn wait_file_with(p: &Path, tail: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = fs::read_to_string(p) {
+            if s.ends_with(tail) {
+                return s;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{} never ended with {tail:?}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

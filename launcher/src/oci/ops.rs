@@ -526,9 +526,10 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<i32> {
             .clone()
             .unwrap_or_else(|| format!("{}:{}", u.uid(), u.gid())),
         caps,
-        seccomp: crate::container::SeccompProfile::Unconfined,
+        seccomp: super::translate::seccomp_profile(spec.linux().as_ref())?,
         no_new_privs: process.no_new_privileges().unwrap_or(false),
         tty: false,
+        groups_add: u.additional_gids().clone().unwrap_or_default(),
     };
     let pid = h.saved.pid;
     let mut ns = Vec::new();

@@ -203,10 +203,7 @@ pub fn translate(spec: &Spec, bundle: &Path, fifo: &Path) -> Result<Translated> 
     if hostname.is_some() && !own.contains(&LinuxNamespaceType::Uts) {
         bail!("config.json sets a hostname without a new uts namespace");
     }
-    // linux.seccomp is not applied yet: crate::seccomp::from_docker_json
-    // stacks one filter per action, so a profile with two non-default
-    // actions (podman's default) denies everything; see the report.
-    let seccomp = SeccompProfile::Unconfined;
+    let seccomp = seccomp_profile(Some(linux))?;
     let init = OciInit {
         plan: Plan {
             root: root_path,
@@ -235,6 +232,7 @@ pub fn translate(spec: &Spec, bundle: &Path, fifo: &Path) -> Result<Translated> 
             seccomp,
             no_new_privs: process.no_new_privileges().unwrap_or(false),
             tty: process.terminal().unwrap_or(false),
+            groups_add: user.additional_gids().clone().unwrap_or_default(),
         },
     };
     Ok(Translated {
@@ -245,4 +243,19 @@ pub fn translate(spec: &Spec, bundle: &Path, fifo: &Path) -> Result<Translated> 
         uid_map,
         gid_map,
     })
+}
+
+/// `linux.seccomp` as a profile: the runtime spec's seccomp object has the
+/// field names and action spellings of docker's profile format, so it is
+/// compiled by the same code (checked here, at create time).
+pub fn seccomp_profile(linux: Option<&oci_spec::runtime::Linux>) -> Result<SeccompProfile> {
+    let Some(sc) = linux.and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(SeccompProfile::Unconfined);
+    };
+    if sc.listener_path().is_some() {
+        bail!("linux.seccomp.listenerPath (SCMP_ACT_NOTIFY) is not supported by strata oci");
+    }
+    let text = serde_json::to_string(sc).context("encoding linux.seccomp")?;
+    crate::seccomp::from_docker_json(&text).context("linux.seccomp in config.json")?;
+    Ok(SeccompProfile::Custom(text))
 }
