@@ -290,6 +290,21 @@ fn read_image_file(store: &Path, name: &str, path: &str) -> Vec<u8> {
     panic!("{path} not found in image {name}");
 }
 
+/// Every file under `<store>/blobs`.
+fn blob_files(store: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(store.join("blobs")) else {
+        return out;
+    };
+    for dir in dirs {
+        let dir = dir.expect("read blobs dir").path();
+        for f in std::fs::read_dir(&dir).expect("read blob prefix dir") {
+            out.push(f.expect("blob entry").path());
+        }
+    }
+    out
+}
+
 fn assert_store_empty(store: &Path) {
     let s = Store::open(store).expect("open store");
     assert!(
@@ -299,6 +314,11 @@ fn assert_store_empty(store: &Path) {
     assert!(
         s.list_layers().expect("list layers").is_empty(),
         "a layer was stored"
+    );
+    assert!(
+        blob_files(store).is_empty(),
+        "a blob was stored: {:?}",
+        blob_files(store)
     );
     let tmp: Vec<_> = std::fs::read_dir(store.join("tmp"))
         .expect("read tmp")
@@ -377,7 +397,8 @@ fn pull_then_push_round_trip_through_docker_registry() {
         busybox
     );
 
-    // Push under a new name; skopeo sees exactly what strata pushed.
+    // Push under a new name; skopeo sees exactly what strata pushed, and
+    // that is what was pulled: the same layer blobs, config and manifest.
     let dest = format!("{}/strata-test/copy:v2", reg.addr);
     let pushed = strata(&store, &auth, &["push", &source, &dest]);
     assert!(
@@ -388,6 +409,28 @@ fn pull_then_push_round_trip_through_docker_registry() {
     let manifest_digest = text(&pushed.stdout).trim().to_string();
     let remote = skopeo_inspect(&dest, &[]);
     assert_eq!(remote["Digest"].as_str(), Some(manifest_digest.as_str()));
+    let original = skopeo_inspect(&source, &[]);
+    assert_eq!(
+        remote["Layers"], original["Layers"],
+        "pushed layer digests differ from the pulled image's"
+    );
+    assert_eq!(
+        remote["Digest"], original["Digest"],
+        "pushed manifest digest differs from the pulled image's"
+    );
+    // The same image pulled under another name pushes that name's blobs
+    // and manifest (skopeo may have reused the gzip blob for the zstd tag).
+    let zstd_dest = format!("{}/strata-test/copy:zstd", reg.addr);
+    let pushed_z = strata(&store, &auth, &["push", &zstd_source, &zstd_dest]);
+    assert!(
+        pushed_z.status.success(),
+        "push zstd: {}",
+        text(&pushed_z.stderr)
+    );
+    let original_z = skopeo_inspect(&zstd_source, &[]);
+    let remote_z = skopeo_inspect(&zstd_dest, &[]);
+    assert_eq!(remote_z["Layers"], original_z["Layers"]);
+    assert_eq!(remote_z["Digest"], original_z["Digest"]);
     let raw = Command::new(need("skopeo"))
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{dest}"))
@@ -452,6 +495,128 @@ fn pull_then_push_round_trip_through_docker_registry() {
         text(&missing.stderr).contains("not found"),
         "{}",
         text(&missing.stderr)
+    );
+}
+
+#[test]
+fn kept_blobs_go_with_the_image_and_local_images_push_rebuilt() {
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = busybox_layout(work.path());
+    let source = format!("{}/strata-test/kept:v1", reg.addr);
+    skopeo_push(&layout, &source, &[]);
+    let store = work.path().join("store");
+    let auth = work.path().join("auth.json");
+    let pull = strata(&store, &auth, &["pull", "-q", &source]);
+    assert!(pull.status.success(), "pull: {}", text(&pull.stderr));
+
+    // The pulled image keeps the blobs the registry served.
+    let remote = skopeo_inspect(&source, &[]);
+    let kept: Vec<layers_format::KeptBlob> = {
+        let s = Store::open(&store).expect("open store");
+        let image = s.resolve_image(&source).expect("pulled image");
+        assert_eq!(image.sources.len(), 1, "{:?}", image.sources);
+        let src = &image.sources[0];
+        let layer_digests: Vec<&str> = src.layers.iter().map(|l| l.digest.as_str()).collect();
+        let remote_layers: Vec<&str> = remote["Layers"]
+            .as_array()
+            .expect("Layers")
+            .iter()
+            .filter_map(|l| l.as_str())
+            .collect();
+        assert_eq!(layer_digests, remote_layers);
+        assert_eq!(
+            Some(src.manifest.digest.as_str()),
+            remote["Digest"].as_str()
+        );
+        for b in src.blobs() {
+            let path = s.blob_path(&b.blob);
+            assert!(path.exists(), "kept blob {} missing", b.digest);
+            assert_eq!(format!("sha256:{}", sha256_file(&path)), b.digest);
+        }
+        src.blobs().cloned().collect()
+    };
+    let verify = strata(&store, &auth, &["store", "verify"]);
+    assert!(verify.status.success(), "verify: {}", text(&verify.stderr));
+    let gc = strata(&store, &auth, &["store", "gc"]);
+    assert!(gc.status.success(), "gc: {}", text(&gc.stderr));
+    {
+        let s = Store::open(&store).expect("open store");
+        assert!(
+            kept.iter().all(|b| s.has_blob(&b.blob)),
+            "gc removed blobs a live image keeps"
+        );
+    }
+
+    // An image imported from a plain tar has no kept blobs: push builds
+    // its layer, deterministically, and it pulls back the same.
+    let local = "local/app:1";
+    let import = strata(
+        &store,
+        &auth,
+        &[
+            "image",
+            "import",
+            work.path().join("layer.tar").to_str().expect("utf-8 path"),
+            "--name",
+            local,
+        ],
+    );
+    assert!(import.status.success(), "import: {}", text(&import.stderr));
+    let dest = format!("{}/strata-test/local:1", reg.addr);
+    let pushed = strata(&store, &auth, &["push", local, &dest]);
+    assert!(pushed.status.success(), "push: {}", text(&pushed.stderr));
+    let digest = text(&pushed.stdout).trim().to_string();
+    let remote_local = skopeo_inspect(&dest, &[]);
+    assert_eq!(remote_local["Digest"].as_str(), Some(digest.as_str()));
+    assert_eq!(remote_local["Layers"].as_array().map(Vec::len), Some(1));
+    let again = strata(&store, &auth, &["push", local, &dest]);
+    assert!(
+        again.status.success(),
+        "push again: {}",
+        text(&again.stderr)
+    );
+    assert_eq!(
+        text(&again.stdout).trim(),
+        digest,
+        "rebuilt push is deterministic"
+    );
+    assert!(
+        text(&again.stderr).contains("0 blob(s) uploaded"),
+        "{}",
+        text(&again.stderr)
+    );
+    let store2 = work.path().join("store2");
+    let back = strata(&store2, &auth, &["pull", "-q", &dest]);
+    assert!(back.status.success(), "pull back: {}", text(&back.stderr));
+    let busybox = std::fs::read(need("busybox")).expect("read busybox");
+    assert_eq!(read_image_file(&store2, &dest, "bin/busybox"), busybox);
+
+    // Removing the pulled image drops its kept blobs at the next gc; the
+    // local image (same layer) is untouched and the store verifies clean.
+    let rm = strata(&store, &auth, &["image", "rm", &source]);
+    assert!(rm.status.success(), "image rm: {}", text(&rm.stderr));
+    let gc = strata(&store, &auth, &["store", "gc"]);
+    assert!(gc.status.success(), "gc: {}", text(&gc.stderr));
+    {
+        let s = Store::open(&store).expect("open store");
+        for b in &kept {
+            assert!(
+                !s.blob_path(&b.blob).exists(),
+                "kept blob {} ({}) survived gc after image rm",
+                b.blob,
+                b.digest
+            );
+        }
+        assert!(s.resolve_image(local).is_ok(), "gc took the local image");
+    }
+    assert_eq!(read_image_file(&store, local, "bin/busybox"), busybox);
+    let verify = strata(&store, &auth, &["store", "verify"]);
+    assert!(
+        verify.status.success(),
+        "verify after gc: {}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
     );
 }
 

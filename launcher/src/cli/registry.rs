@@ -187,11 +187,12 @@ fn run_pull(args: PullArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&reference.registry, &args.registry.client_options()?)?;
     let progress = Progress::new(Mode::detect(args.quiet));
     // Held from the first layer import until the image is recorded, so a
-    // concurrent `strata store gc` cannot sweep layers not yet referenced.
+    // concurrent `strata store gc` cannot sweep layers and kept blobs not
+    // yet referenced.
     let _lock = store
         .lock_shared()
         .with_context(|| format!("lock store {}", store.root().display()))?;
-    let target = crate::registry::store::StoreTarget::new(&store);
+    let target = crate::registry::store::StoreTarget::new(&store)?;
     let outcome = pull::pull(&client, &reference, &platform, &target, &progress)
         .with_context(|| format!("pull {reference}"))?;
     progress.message(&format!(

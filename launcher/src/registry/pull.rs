@@ -6,7 +6,8 @@
 //! 2. the config blob, verified;
 //! 3. every layer the store lacks, downloaded in parallel into a staging
 //!    directory inside the store, each checked for size and sha256;
-//! 4. only then: layers handed to the store's importer, and the image saved.
+//! 4. only then: layers handed to the store's importer (which also keeps
+//!    the blobs as served, for `strata push`), and the image saved.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -35,10 +36,12 @@ pub trait PullStore: Sync {
     /// A directory inside the store (same filesystem) for downloads in
     /// progress; created if missing.
     fn staging_dir(&self) -> Result<PathBuf, Error>;
-    /// Whether the store already holds the layer blob with this sha256.
+    /// Whether the store already holds the layer blob with this sha256 (the
+    /// layer and the blob as served), so it need not be fetched.
     fn has_layer(&self, digest: &Digest) -> bool;
     /// Import a verified layer blob (a tar, possibly compressed as its media
-    /// type says). The file may be moved or deleted by the store.
+    /// type says) unless its layer is there already, and keep the blob. The
+    /// file may be moved or deleted by the store.
     fn import_layer(&self, file: &Path, layer: &Descriptor) -> Result<(), Error>;
     /// Record the pulled image under `image.name`. Returns the image id to
     /// print.

@@ -1,18 +1,25 @@
 //! `strata push`: upload an image from the store to a registry.
 //!
-//! Each layer is written out by the store's exporter as an OCI layer tar,
-//! gzip-compressed into a staging file while both the tar (diff id) and the
-//! gzip stream (blob digest) are hashed. The output is deterministic, so pushing the same
-//! image twice gives the same digests and the second push uploads nothing.
-//! Blobs the registry already has (`HEAD`) are skipped; the manifest goes
-//! last.
+//! An image that was pulled keeps the blobs as the registry served them
+//! (the record's `sources`): those bytes are sent again, the compressed
+//! layers, the config and the manifest, so the pushed image has the same
+//! layer and manifest digests as the one pulled.
+//!
+//! Other images (imported, committed, or whose kept blobs are gone) are
+//! rebuilt: each layer is written out by the store's exporter as an OCI
+//! layer tar, gzip-compressed into a staging file while both the tar (diff
+//! id) and the gzip stream (blob digest) are hashed. That output is
+//! deterministic, so pushing the same image twice gives the same digests.
+//!
+//! Either way, blobs the registry already has (`HEAD`) are skipped, so a
+//! second push uploads nothing; the manifest goes last.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
 
 use layers_format::oci::{ConfigFile, RootFs, RunConfig};
-use layers_format::{ImageRecord, LayerId, Store};
+use layers_format::{ImageRecord, ImageSource, KeptBlob, LayerId, Store};
 use serde_json::json;
 
 use super::client::Client;
@@ -49,6 +56,12 @@ pub fn push(
 ) -> Result<PushOutcome, Error> {
     let _lock = store.lock_shared().map_err(store_err)?;
     let image = store.resolve_image(name_or_id).map_err(store_err)?;
+    let kept = image
+        .source_for(name_or_id)
+        .filter(|s| s.blobs().all(|b| store.has_blob(&b.blob)));
+    if let Some(source) = kept {
+        return push_source(client, store, source, dest, progress);
+    }
     let staging = Staging::create(&store.root().join("tmp"), "push")?;
     let repo = &dest.repository;
 
@@ -100,21 +113,94 @@ pub fn push(
     }
     let tag = dest.tag.clone().unwrap_or_else(|| "latest".to_string());
     let answered = client.put_manifest(repo, &tag, manifest::OCI_MANIFEST, &manifest)?;
-    if let Some(d) = answered {
-        if d != manifest_digest.to_string() {
-            return Err(Error::DigestMismatch {
-                what: format!("manifest pushed to {dest}"),
-                expected: manifest_digest.to_string(),
-                actual: d,
-            });
-        }
-    }
+    check_answered(answered, &manifest_digest, dest)?;
     Ok(PushOutcome {
         manifest_digest,
         uploaded_blobs: uploaded,
         existing_blobs: existing,
         layers,
     })
+}
+
+/// Push `source`, blobs kept as they were pulled, byte for byte.
+fn push_source(
+    client: &Client,
+    store: &Store,
+    source: &ImageSource,
+    dest: &Reference,
+    progress: &Progress,
+) -> Result<PushOutcome, Error> {
+    let repo = &dest.repository;
+    let descriptor = |kept: &KeptBlob| -> Result<Descriptor, Error> {
+        Ok(Descriptor {
+            media_type: kept.media_type.clone(),
+            digest: kept.digest.parse()?,
+            size: kept.size,
+            platform: None,
+        })
+    };
+    let manifest_path = store.blob_path(&source.manifest.blob);
+    let manifest = std::fs::read(&manifest_path).map_err(|source| Error::Io {
+        op: "read kept manifest",
+        path: manifest_path.clone(),
+        source,
+    })?;
+    let manifest_desc = descriptor(&source.manifest)?;
+    manifest_desc.digest.verify(
+        &format!(
+            "kept manifest {} (run `strata store verify`, pull the image again)",
+            manifest_path.display()
+        ),
+        &manifest,
+    )?;
+
+    let mut uploaded = 0;
+    let mut existing = 0;
+    let mut sent = std::collections::BTreeSet::new();
+    // Layers, then the config; a blob listed twice is sent once.
+    let mut send = |kept: &KeptBlob| -> Result<Descriptor, Error> {
+        let desc = descriptor(kept)?;
+        if sent.insert(desc.digest.clone()) {
+            let file = store.blob_path(&kept.blob);
+            if upload_if_missing(client, repo, &desc, &file, progress)? {
+                uploaded += 1;
+            } else {
+                existing += 1;
+            }
+        }
+        Ok(desc)
+    };
+    let layers = source
+        .layers
+        .iter()
+        .map(&mut send)
+        .collect::<Result<Vec<_>, Error>>()?;
+    send(&source.config)?;
+    let tag = dest.tag.clone().unwrap_or_else(|| "latest".to_string());
+    let answered = client.put_manifest(repo, &tag, &source.manifest.media_type, &manifest)?;
+    check_answered(answered, &manifest_desc.digest, dest)?;
+    Ok(PushOutcome {
+        manifest_digest: manifest_desc.digest,
+        uploaded_blobs: uploaded,
+        existing_blobs: existing,
+        layers,
+    })
+}
+
+/// Check the registry's `Docker-Content-Digest` for a pushed manifest.
+fn check_answered(
+    answered: Option<String>,
+    expected: &Digest,
+    dest: &Reference,
+) -> Result<(), Error> {
+    match answered {
+        Some(d) if d != expected.to_string() => Err(Error::DigestMismatch {
+            what: format!("manifest pushed to {dest}"),
+            expected: expected.to_string(),
+            actual: d,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Upload one blob unless the registry has it. Returns whether it uploaded.

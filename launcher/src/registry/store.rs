@@ -2,8 +2,12 @@
 //!
 //! Layers are imported through the store's tar importer with the expected
 //! digest, and the OCI digest → layer mapping is recorded so the next pull
-//! of the same blob is skipped.
+//! of the same blob is skipped. The compressed layer blobs, the config and
+//! the manifest are also kept byte for byte as store blobs and listed in the
+//! image record's `sources`, so `strata push` can send exactly what was
+//! pulled (same layer and manifest digests).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -11,21 +15,51 @@ use std::path::{Path, PathBuf};
 use layers_format::import::tar::TarOptions;
 use layers_format::import::Compression;
 use layers_format::oci::ConfigFile;
-use layers_format::{ImageConfig, LayerId, NewImage, Store};
+use layers_format::{BlobId, ImageConfig, ImageSource, KeptBlob, LayerId, NewImage, Store};
+use parking_lot::Mutex;
 
 use super::manifest::{Descriptor, LayerCompression};
 use super::pull::{PullStore, PulledImage};
 use super::{Digest, Error};
 
-/// A pull target over an open store.
+/// A pull target over an open store. Hold the store lock shared while it
+/// is used: blobs kept during the pull are referenced only at the end.
 pub struct StoreTarget<'a> {
     store: &'a Store,
+    /// Layer blobs kept as served, by sha256 digest: those some image of
+    /// the store already keeps, then those downloaded by this pull.
+    kept: Mutex<HashMap<String, (BlobId, u64)>>,
 }
 
 impl<'a> StoreTarget<'a> {
     /// Pull into `store`.
-    pub fn new(store: &'a Store) -> Self {
-        StoreTarget { store }
+    pub fn new(store: &'a Store) -> Result<Self, Error> {
+        let mut kept = HashMap::new();
+        for image in store.list_images().map_err(store_err)? {
+            for blob in image.sources.iter().flat_map(|s| s.layers.iter()) {
+                kept.insert(blob.digest.clone(), (blob.blob, blob.size));
+            }
+        }
+        Ok(StoreTarget {
+            store,
+            kept: Mutex::new(kept),
+        })
+    }
+
+    /// Keep `bytes` (a config or manifest as served) as a store blob.
+    fn keep_bytes(
+        &self,
+        bytes: &[u8],
+        media_type: &str,
+        digest: &Digest,
+    ) -> Result<KeptBlob, Error> {
+        let (blob, size) = self.store.write_blob(&mut &bytes[..]).map_err(store_err)?;
+        Ok(KeptBlob {
+            media_type: media_type.to_string(),
+            digest: digest.to_string(),
+            size,
+            blob,
+        })
     }
 }
 
@@ -48,13 +82,69 @@ impl PullStore for StoreTarget<'_> {
     }
 
     fn has_layer(&self, digest: &Digest) -> bool {
-        matches!(
-            self.store.layer_for_digest(&digest.to_string()),
-            Ok(Some(_))
-        )
+        let digest = digest.to_string();
+        let blob_kept = self
+            .kept
+            .lock()
+            .get(&digest)
+            .is_some_and(|(blob, _)| self.store.has_blob(blob));
+        blob_kept && matches!(self.store.layer_for_digest(&digest), Ok(Some(_)))
     }
 
     fn import_layer(&self, file: &Path, layer: &Descriptor) -> Result<(), Error> {
+        let digest = layer.digest.to_string();
+        if self
+            .store
+            .layer_for_digest(&digest)
+            .map_err(store_err)?
+            .is_none()
+        {
+            self.import_layer_tar(file, layer)?;
+        }
+        let kept = self.store.add_blob_file(file).map_err(store_err)?;
+        self.kept.lock().insert(digest, kept);
+        Ok(())
+    }
+
+    fn save_image(&self, image: &PulledImage<'_>) -> Result<String, Error> {
+        let record = self.save_record(image)?;
+        let kept = self.kept.lock().clone();
+        let mut layers = Vec::new();
+        for l in &image.parsed.layers {
+            let (blob, size) = kept.get(&l.digest.to_string()).copied().ok_or_else(|| {
+                Error::Store(format!(
+                    "layer blob {} vanished from the store during the pull",
+                    l.digest
+                ))
+            })?;
+            layers.push(KeptBlob {
+                media_type: l.media_type.clone(),
+                digest: l.digest.to_string(),
+                size,
+                blob,
+            });
+        }
+        let config_desc = &image.parsed.config;
+        let source = ImageSource {
+            names: pulled_names(&image.name),
+            manifest: self.keep_bytes(
+                image.manifest,
+                image.manifest_media_type,
+                image.manifest_digest,
+            )?,
+            config: self.keep_bytes(image.config, &config_desc.media_type, &config_desc.digest)?,
+            layers,
+        };
+        self.store
+            .add_image_source(&record.id, &source)
+            .map_err(store_err)?;
+        Ok(record.id.to_hex())
+    }
+}
+
+impl StoreTarget<'_> {
+    /// Import a verified layer blob through the store's tar importer.
+    fn import_layer_tar(&self, file: &Path, layer: &Descriptor) -> Result<(), Error> {
         let compression = match LayerCompression::of(&layer.media_type)? {
             LayerCompression::None => Compression::None,
             LayerCompression::Gzip => Compression::Gzip,
@@ -83,7 +173,8 @@ impl PullStore for StoreTarget<'_> {
         Ok(())
     }
 
-    fn save_image(&self, image: &PulledImage<'_>) -> Result<String, Error> {
+    /// Record the image (layers, config) under the names it was pulled as.
+    fn save_record(&self, image: &PulledImage<'_>) -> Result<layers_format::ImageRecord, Error> {
         let config = parse_config(image.config)?;
         let mut layers: Vec<LayerId> = Vec::new();
         for l in &image.parsed.layers {
@@ -109,23 +200,28 @@ impl PullStore for StoreTarget<'_> {
             config_digest: Some(image.parsed.config.digest.to_string()),
             manifest_digest: Some(image.manifest_digest.to_string()),
         };
-        let names: Vec<String> = image.name.split_once('@').map_or_else(
-            || vec![image.name.clone()],
-            |(tagged, _)| {
-                if tagged
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|last| last.contains(':'))
-                {
-                    vec![tagged.to_string()]
-                } else {
-                    Vec::new()
-                }
-            },
-        );
-        let record = self.store.add_image(&new, &names).map_err(store_err)?;
-        Ok(record.id.to_hex())
+        let names = pulled_names(&image.name);
+        self.store.add_image(&new, &names).map_err(store_err)
     }
+}
+
+/// The names an image pulled as `reference` gets: the reference, or its
+/// tagged part for `name:tag@digest`; none for `name@digest`.
+fn pulled_names(reference: &str) -> Vec<String> {
+    reference.split_once('@').map_or_else(
+        || vec![reference.to_string()],
+        |(tagged, _)| {
+            if tagged
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':'))
+            {
+                vec![tagged.to_string()]
+            } else {
+                Vec::new()
+            }
+        },
+    )
 }
 
 fn parse_config(bytes: &[u8]) -> Result<ConfigFile, Error> {
