@@ -38,7 +38,10 @@ pub struct ExecOptions {
     pub privileged: bool,
 }
 
+/// In joining order: the user namespace first (rootless containers), as
+/// it grants the capabilities to join the others.
 const NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("user", CloneFlags::CLONE_NEWUSER),
     ("cgroup", CloneFlags::CLONE_NEWCGROUP),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),

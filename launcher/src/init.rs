@@ -7,6 +7,11 @@
 //! written id maps and attached the network, and end-of-file is the "go".
 //! Descriptor 4 is close-on-exec: it closes empty when the command starts,
 //! or carries `CODE message` when setup or exec failed ([`main`]).
+//!
+//! In a user namespace (rootless) the first exec happened before the
+//! supervisor wrote the id maps, so the kernel took the init's
+//! capabilities; once the config arrives the maps exist and the init
+//! executes itself once more, as root of its namespace with a full set.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -42,6 +47,9 @@ pub struct InitConfig {
     pub console: Option<PathBuf>,
     /// Join this network namespace (`--network container:NAME`).
     pub join_netns: Option<PathBuf>,
+    /// The init was cloned into a new user namespace (rootless).
+    #[serde(default)]
+    pub userns: bool,
 }
 
 /// The supervisor's end of a freshly cloned init.
@@ -112,6 +120,9 @@ fn run() -> Result<process::ExecFailure> {
         anyhow::bail!("the supervisor went away before starting the container");
     }
     let cfg: InitConfig = serde_json::from_str(&text).context("parsing the init config")?;
+    if cfg.userns && !has_namespace_caps() {
+        return reexec_with_caps(&text);
+    }
     close_other_fds();
     if let Some(ns) = &cfg.join_netns {
         let f = File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
@@ -142,6 +153,62 @@ fn run() -> Result<process::ExecFailure> {
     Ok(process::finalize_and_exec(
         &cfg.process,
         cfg.hostname.as_deref(),
+    ))
+}
+
+/// Set in the environment of the second exec of a rootless init.
+const REEXEC_ENV: &str = "STRATA_INIT_REEXEC";
+
+fn has_namespace_caps() -> bool {
+    caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    )
+    .unwrap_or(false)
+}
+
+/// Execute `strata __init` again with `config` on descriptor 3 (a memfd)
+/// and the error pipe kept on 4: now that the id maps exist, the exec
+/// makes the init root of its user namespace with every capability.
+fn reexec_with_caps(config: &str) -> Result<process::ExecFailure> {
+    use std::io::{Seek, SeekFrom};
+    if std::env::var_os(REEXEC_ENV).is_some() {
+        anyhow::bail!(
+            "the container init has no capabilities in its user namespace after re-executing              (are the id maps written?)"
+        );
+    }
+    let fd =
+        nix::sys::memfd::memfd_create(c"strata-init-config", nix::sys::memfd::MFdFlags::empty())
+            .context("creating a memfd for the init config")?;
+    let mut f = File::from(fd);
+    f.write_all(config.as_bytes())
+        .and_then(|_| f.seek(SeekFrom::Start(0)).map(drop))
+        .context("writing the init config to a memfd")?;
+    // The memfd may already be descriptor 3 (the config pipe was closed);
+    // else dup2 puts it there, without close-on-exec.
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(f);
+    if raw != 3 {
+        sys::dup2_raw(raw, 3).context("placing the init config on descriptor 3")?;
+        drop(sys::owned_fd(raw));
+    }
+    nix::fcntl::fcntl(
+        sys::borrow_fd(4),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .context("keeping the error pipe open across exec")?;
+    let env = [
+        c"PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        std::ffi::CString::new(format!("{REEXEC_ENV}=1")).context("init environment")?,
+    ];
+    let err = nix::unistd::execve(
+        c"/proc/self/exe",
+        &[c"strata".to_owned(), c"__init".to_owned()],
+        &env,
+    )
+    .unwrap_err();
+    Err(anyhow::anyhow!(
+        "re-executing the container init in its user namespace: {err}"
     ))
 }
 

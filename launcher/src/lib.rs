@@ -32,6 +32,7 @@ pub mod process;
 pub mod registry;
 pub mod restart;
 pub mod rootfs;
+pub mod rootless;
 pub mod rootmount;
 pub mod seccomp;
 pub mod signals;

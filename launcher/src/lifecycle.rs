@@ -24,15 +24,31 @@ pub struct Dirs {
 
 impl Dirs {
     /// Make both directories absolute (supervisors do not share our cwd).
+    /// Without root the state directory is made private to the user (mode
+    /// 0700: it may sit in a shared /tmp and holds control sockets).
     pub fn new(store: &Path, state: &Path) -> Result<Self> {
         fs::create_dir_all(store).with_context(|| format!("creating store {}", store.display()))?;
         fs::create_dir_all(state)
             .with_context(|| format!("creating state dir {}", state.display()))?;
+        if crate::rootless::active() {
+            private_dir(state)?;
+        }
         Ok(Self {
             store: fs::canonicalize(store)?,
             state: fs::canonicalize(state)?,
         })
     }
+}
+
+/// Give `dir` mode 0700 when it is ours and others may enter it.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let md = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (mode 0700)", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Fill image defaults into `cfg` from the store (unless `--rootfs`).
@@ -113,6 +129,9 @@ pub fn create(dirs: &Dirs, mut cfg: ContainerConfig) -> Result<Container> {
         );
     }
     crate::netglue::mode(&cfg)?;
+    if crate::rootless::active() {
+        crate::rootless::check_config(&cfg)?;
+    }
     crate::capabilities::effective_set(cfg.privileged, &cfg.cap_add, &cfg.cap_drop)?;
     // Anonymous volumes get their names now so restarts reuse them.
     for m in cfg.mounts.iter_mut() {
@@ -193,6 +212,11 @@ pub fn start(dirs: &Dirs, c: &mut Container, attach: bool) -> Result<i32> {
         return Ok(0);
     }
     crate::supervisor::release(c, &dirs.store, &dirs.state);
+    if crate::rootless::active() {
+        for w in crate::rootless::warnings() {
+            tracing::warn!("{w}");
+        }
+    }
     c.update_state(|s| {
         s.restart_count = 0;
         s.manually_stopped = false;

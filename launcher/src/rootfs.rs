@@ -222,7 +222,17 @@ pub fn setup(plan: &Plan) -> Result<()> {
     } else {
         bind(Path::new("/sys"), &sys_dir, true)?;
     }
-    mount_cgroups(&sys_dir.join("fs/cgroup"))?;
+    if crate::rootless::in_user_namespace() {
+        // cgroup v1 cannot be mounted from a user namespace: show the
+        // host's hierarchies read-only (a bound /sys has them already).
+        let host = Path::new("/sys/fs/cgroup");
+        let target = sys_dir.join("fs/cgroup");
+        if plan.own_netns && host.is_dir() && target.is_dir() {
+            bind(host, &target, true)?;
+        }
+    } else {
+        mount_cgroups(&sys_dir.join("fs/cgroup"))?;
+    }
 
     setup_dev(root, plan.mknod)?;
 

@@ -28,8 +28,11 @@ use crate::container::{Container, RestartPolicy, Status};
 use crate::control::{self, frame, Reply, Request};
 use crate::init::{self, InitConfig};
 use crate::process::ProcessSpec;
+use crate::rootless::UserNs;
 use crate::rootmount::RootMount;
-use crate::{capabilities, logs, netglue, restart, rootfs, signals, sys, timefmt, volumes};
+use crate::{
+    capabilities, logs, netglue, restart, rootfs, rootless, signals, sys, timefmt, volumes,
+};
 
 /// A supervisor just started by [`launch`].
 pub struct Launched {
@@ -300,7 +303,9 @@ fn run_container(
     shared: &Arc<Shared>,
     ready: &mut ReadyPipe,
 ) -> Result<()> {
-    let root = RootMount::mount(c, &opts.store)?;
+    // Without root: a user namespace, and ids in the union to match it.
+    let userns = rootless::active().then(UserNs::detect);
+    let root = RootMount::mount(c, &opts.store, userns.as_ref())?;
     let cg: Option<Box<dyn CgroupManager>> = if cgroup::available() {
         let cg = cgroup::for_container(&c.config.id);
         cg.create(&c.config.resources)?;
@@ -328,7 +333,15 @@ fn run_container(
     let mut first = true;
     loop {
         let started_at = Instant::now();
-        let run = start_once(c, opts, shared, root.path(), cg.as_deref(), &mounts);
+        let run = start_once(
+            c,
+            opts,
+            shared,
+            root.path(),
+            cg.as_deref(),
+            &mounts,
+            userns.as_ref(),
+        );
         let (pid, pumps) = match run {
             Ok(v) => v,
             Err(StartError::Exec(code, msg)) => {
@@ -452,7 +465,8 @@ impl From<anyhow::Error> for StartError {
     }
 }
 
-/// One start: stdio, clone, cgroup, network, go, and the exec outcome.
+/// One start: stdio, clone, id maps, cgroup, network, go, and the exec
+/// outcome.
 fn start_once(
     c: &mut Container,
     opts: &Options,
@@ -460,6 +474,7 @@ fn start_once(
     root: &Path,
     cg: Option<&dyn CgroupManager>,
     mounts: &[rootfs::PreparedMount],
+    userns: Option<&UserNs>,
 ) -> Result<(Pid, Vec<std::thread::JoinHandle<()>>), StartError> {
     let cfg = &c.config;
     let net = netglue::mode(cfg)?;
@@ -470,6 +485,11 @@ fn start_once(
     let own_netns = net.own_netns();
     if own_netns {
         flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if userns.is_some() {
+        // Cloned together, the other namespaces belong to the new user
+        // namespace, where the init gets its capabilities.
+        flags |= CloneFlags::CLONE_NEWUSER;
     }
     let null = File::options()
         .read(true)
@@ -523,6 +543,10 @@ fn start_once(
     drop(keep_for_child);
     let pid = spawned.pid;
     let result = (|| -> Result<InitConfig> {
+        if let Some(u) = userns {
+            u.write(pid.as_raw())
+                .context("writing the id maps of the container's user namespace")?;
+        }
         if let Some(g) = cg {
             g.add_process(pid.as_raw())?;
         }
@@ -535,6 +559,7 @@ fn start_once(
             console.clone(),
             link_env,
             cg.is_some(),
+            userns.is_some(),
         )?;
         cfg.join_netns = netglue::join_path(c, &opts.store, &opts.state)?;
         Ok(cfg)
@@ -594,6 +619,7 @@ fn build_init_config(
     console: Option<PathBuf>,
     link_env: Vec<String>,
     cgroupns: bool,
+    userns: bool,
 ) -> Result<InitConfig> {
     let cfg = &c.config;
     let etc = crate::etcfiles::write(c)?;
@@ -612,7 +638,8 @@ fn build_init_config(
             privileged: cfg.privileged,
             mounts: mounts.to_vec(),
             etc_files: etc,
-            mknod: true,
+            // mknod is refused in a user namespace: bind the host's nodes.
+            mknod: !userns,
             own_netns,
         },
         hostname: Some(cfg.hostname.clone()),
@@ -632,6 +659,7 @@ fn build_init_config(
         reaper: cfg.init,
         console,
         join_netns: None,
+        userns,
     })
 }
 
@@ -848,10 +876,7 @@ fn forward_stdin(reader: &mut BufReader<UnixStream>, shared: &Arc<Shared>, tty: 
 /// cgroup, the network attachment, the runtime dir. Safe to call again and
 /// after its supervisor died.
 pub fn release(c: &Container, _store: &Path, state: &Path) {
-    let mp = c.paths.rootfs();
-    if rootfs::is_mountpoint(&mp) {
-        let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
-    }
+    crate::rootmount::detach_stale(&c.paths.rootfs());
     if cgroup::available() {
         let _ = cgroup::for_container(&c.config.id).destroy();
     }

@@ -544,7 +544,10 @@ impl RunArgs {
             seccomp,
             resources,
             network: NetworkOptions {
-                mode: self.network.clone().unwrap_or_else(|| "bridge".into()),
+                mode: self
+                    .network
+                    .clone()
+                    .unwrap_or_else(|| crate::rootless::default_network().into()),
                 publish: self.publish.clone(),
                 publish_all: self.publish_all,
                 links: self.link.clone(),
