@@ -407,6 +407,13 @@ fn pull_then_push_round_trip_through_docker_registry() {
         text(&pushed.stderr)
     );
     let manifest_digest = text(&pushed.stdout).trim().to_string();
+    // Same registry, another repository: the blobs are mounted, not sent.
+    assert!(
+        text(&pushed.stderr).contains("mounted from strata-test/busybox")
+            && text(&pushed.stderr).contains("0 blob(s) uploaded"),
+        "{}",
+        text(&pushed.stderr)
+    );
     let remote = skopeo_inspect(&dest, &[]);
     assert_eq!(remote["Digest"].as_str(), Some(manifest_digest.as_str()));
     let original = skopeo_inspect(&source, &[]);

@@ -585,9 +585,26 @@ impl Client {
     }
 
     /// Upload a blob from a file: start an upload session, then finish it
-    /// with one `PUT ...?digest=` carrying the whole file.
-    pub fn upload_blob(&self, repository: &str, digest: &Digest, file: &Path) -> Result<(), Error> {
-        let start = format!("{}/v2/{repository}/blobs/uploads/", self.base);
+    /// with one `PUT ...?digest=` carrying the whole file. With
+    /// `mount_from` (another repository of this registry that has the
+    /// blob), first ask the registry to mount it from there; a registry
+    /// that cannot opens an ordinary upload session instead. Returns whether
+    /// the blob was mounted (nothing sent).
+    pub fn upload_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        file: &Path,
+        mount_from: Option<&str>,
+    ) -> Result<bool, Error> {
+        let mut start = format!("{}/v2/{repository}/blobs/uploads/", self.base);
+        if let Some(from) = mount_from {
+            start.push_str(&format!(
+                "?mount={}&from={}",
+                url_escape(&digest.to_string()),
+                url_escape(from)
+            ));
+        }
         let reply = self.request(
             Method::POST,
             &start,
@@ -596,6 +613,9 @@ impl Client {
             repository,
             Access::Push,
         )?;
+        if mount_from.is_some() && reply.response.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
         let location = reply.header("location").ok_or_else(|| Error::Http {
             url: start.clone(),
             status: reply.response.status().as_u16(),
@@ -612,7 +632,7 @@ impl Client {
             repository,
             Access::Push,
         )?;
-        Ok(())
+        Ok(false)
     }
 
     /// `PUT` a manifest under a tag or digest. Returns the registry's

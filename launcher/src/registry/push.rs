@@ -12,7 +12,9 @@
 //! deterministic, so pushing the same image twice gives the same digests.
 //!
 //! Either way, blobs the registry already has (`HEAD`) are skipped, so a
-//! second push uploads nothing; the manifest goes last.
+//! second push uploads nothing, and kept blobs pulled from another
+//! repository of the same registry are mounted from there rather than
+//! uploaded; the manifest goes last.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -94,7 +96,7 @@ pub fn push(
     let mut uploaded = 0;
     let mut existing = 0;
     for (desc, file) in layers.iter().zip(&files) {
-        if upload_if_missing(client, repo, desc, file, progress)? {
+        if upload_if_missing(client, repo, desc, file, None, progress)? {
             uploaded += 1;
         } else {
             existing += 1;
@@ -106,7 +108,7 @@ pub fn push(
         path: config_path.clone(),
         source,
     })?;
-    if upload_if_missing(client, repo, &config_desc, &config_path, progress)? {
+    if upload_if_missing(client, repo, &config_desc, &config_path, None, progress)? {
         uploaded += 1;
     } else {
         existing += 1;
@@ -131,6 +133,7 @@ fn push_source(
     progress: &Progress,
 ) -> Result<PushOutcome, Error> {
     let repo = &dest.repository;
+    let mount_from = mount_source(source, dest);
     let descriptor = |kept: &KeptBlob| -> Result<Descriptor, Error> {
         Ok(Descriptor {
             media_type: kept.media_type.clone(),
@@ -162,7 +165,7 @@ fn push_source(
         let desc = descriptor(kept)?;
         if sent.insert(desc.digest.clone()) {
             let file = store.blob_path(&kept.blob);
-            if upload_if_missing(client, repo, &desc, &file, progress)? {
+            if upload_if_missing(client, repo, &desc, &file, mount_from.as_deref(), progress)? {
                 uploaded += 1;
             } else {
                 existing += 1;
@@ -187,6 +190,17 @@ fn push_source(
     })
 }
 
+/// A repository of `dest`'s registry that `source` was pulled from, other
+/// than `dest`'s own: the registry may mount its blobs instead of an upload.
+fn mount_source(source: &ImageSource, dest: &Reference) -> Option<String> {
+    source
+        .names
+        .iter()
+        .filter_map(|n| n.parse::<Reference>().ok())
+        .find(|r| r.registry == dest.registry && r.repository != dest.repository)
+        .map(|r| r.repository)
+}
+
 /// Check the registry's `Docker-Content-Digest` for a pushed manifest.
 fn check_answered(
     answered: Option<String>,
@@ -203,12 +217,14 @@ fn check_answered(
     }
 }
 
-/// Upload one blob unless the registry has it. Returns whether it uploaded.
+/// Upload one blob unless the registry has it, or can mount it from
+/// repository `mount_from`. Returns whether it uploaded.
 fn upload_if_missing(
     client: &Client,
     repo: &str,
     desc: &Descriptor,
     file: &Path,
+    mount_from: Option<&str>,
     progress: &Progress,
 ) -> Result<bool, Error> {
     let bar = progress.blob("Writing", &desc.digest, desc.size);
@@ -216,8 +232,15 @@ fn upload_if_missing(
         bar.finish("skipped: already exists");
         return Ok(false);
     }
-    match client.upload_blob(repo, &desc.digest, file) {
-        Ok(()) => {
+    match client.upload_blob(repo, &desc.digest, file, mount_from) {
+        Ok(true) => {
+            bar.finish(&format!(
+                "skipped: mounted from {}",
+                mount_from.unwrap_or("?")
+            ));
+            Ok(false)
+        }
+        Ok(false) => {
             bar.bar().set_position(desc.size);
             bar.finish("done");
             Ok(true)
