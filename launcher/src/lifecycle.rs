@@ -214,7 +214,7 @@ pub fn start(dirs: &Dirs, c: &mut Container, attach: bool) -> Result<i32> {
     crate::supervisor::release(c, &dirs.store, &dirs.state);
     if crate::rootless::active() {
         for w in crate::rootless::warnings() {
-            tracing::warn!("{w}");
+            eprintln!("strata: warning: {w}");
         }
     }
     c.update_state(|s| {

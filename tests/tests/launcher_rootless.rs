@@ -179,6 +179,27 @@ impl UserEnv {
         c
     }
 
+    /// Like [`UserEnv::run`] in a private mount namespace where
+    /// newuidmap and newgidmap are hidden (bound over by /dev/null).
+    fn run_without_uidmap_helpers(&self, args: &[&str]) -> Output {
+        let inner = self.cmd_with(true, args);
+        let mut c = Command::new("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "for h in /usr/bin/newuidmap /usr/bin/newgidmap; do \
+               if [ -e $h ]; then mount --bind /dev/null $h || exit 99; fi; done; exec \"$@\"",
+            "sh",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(Stdio::null());
+        c.output().expect("unshare (util-linux) must be installed")
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.cmd_with(true, args).output().expect("running setpriv")
     }
@@ -453,5 +474,45 @@ fn rootless_limits_and_bridge_networks_are_refused_clearly() {
             assert!(err.contains(w), "{flags:?}: the error names {w:?}: {err}");
         }
     }
+    env.assert_clean();
+}
+
+#[test]
+fn rootless_without_uidmap_helpers_falls_back_to_a_single_id() {
+    let env = UserEnv::new();
+    let o = env.run_without_uidmap_helpers(&[
+        "run",
+        "--rm",
+        IMG,
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups; \
+         ls -ln /bin/busybox; echo ok > /x; cat /x",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}\n{err}");
+    let l = lines(&out);
+    assert_eq!(l[0], "0", "{out}");
+    let uid = env.uid.to_string();
+    let gid = env.gid.to_string();
+    let split = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(split(&l[1]), ["0", uid.as_str(), "1"], "{out}");
+    assert_eq!(split(&l[2]), ["0", gid.as_str(), "1"], "{out}");
+    assert_eq!(
+        l[3], "deny",
+        "setgroups is denied with a single-id map: {out}"
+    );
+    assert!(
+        l[4].contains(" 0 ") && l[4].ends_with("/bin/busybox"),
+        "{out}"
+    );
+    assert_eq!(l[5], "ok");
+    let warning: Vec<&str> = err
+        .lines()
+        .filter(|x| x.contains("maps only your own uid"))
+        .collect();
+    assert_eq!(warning.len(), 1, "one warning line: {err}");
+    assert!(warning[0].contains("uidmap"), "it names the package: {err}");
     env.assert_clean();
 }
