@@ -41,10 +41,12 @@ pub trait PullStore: Sync {
     fn has_layer(&self, digest: &Digest) -> bool;
     /// Import a verified layer blob (a tar, possibly compressed as its media
     /// type says) unless its layer is there already, and keep the blob. The
-    /// file may be moved or deleted by the store.
+    /// file must stay until [`PullStore::save_image`] returns; the store may
+    /// move it.
     fn import_layer(&self, file: &Path, layer: &Descriptor) -> Result<(), Error>;
-    /// Record the pulled image under `image.name`. Returns the image id to
-    /// print.
+    /// Record the pulled image under `image.name`, with the blobs as served
+    /// (the layer files given to `import_layer`, config, manifest). Returns
+    /// the image id to print.
     fn save_image(&self, image: &PulledImage<'_>) -> Result<String, Error>;
 }
 

@@ -29,6 +29,9 @@ pub struct StoreTarget<'a> {
     /// Layer blobs kept as served, by sha256 digest: those some image of
     /// the store already keeps, then those downloaded by this pull.
     kept: Mutex<HashMap<String, (BlobId, u64)>>,
+    /// Verified layer files of this pull, by sha256 digest, moved into the
+    /// store as blobs once every layer is imported (a failed pull keeps none).
+    downloaded: Mutex<Vec<(String, PathBuf)>>,
 }
 
 impl<'a> StoreTarget<'a> {
@@ -43,7 +46,18 @@ impl<'a> StoreTarget<'a> {
         Ok(StoreTarget {
             store,
             kept: Mutex::new(kept),
+            downloaded: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Move the files of [`PullStore::import_layer`] into the store as blobs.
+    fn keep_downloaded(&self) -> Result<(), Error> {
+        let files = std::mem::take(&mut *self.downloaded.lock());
+        for (digest, file) in files {
+            let kept = self.store.add_blob_file(&file).map_err(store_err)?;
+            self.kept.lock().insert(digest, kept);
+        }
+        Ok(())
     }
 
     /// Keep `bytes` (a config or manifest as served) as a store blob.
@@ -101,12 +115,12 @@ impl PullStore for StoreTarget<'_> {
         {
             self.import_layer_tar(file, layer)?;
         }
-        let kept = self.store.add_blob_file(file).map_err(store_err)?;
-        self.kept.lock().insert(digest, kept);
+        self.downloaded.lock().push((digest, file.to_path_buf()));
         Ok(())
     }
 
     fn save_image(&self, image: &PulledImage<'_>) -> Result<String, Error> {
+        self.keep_downloaded()?;
         let record = self.save_record(image)?;
         let kept = self.kept.lock().clone();
         let mut layers = Vec::new();
