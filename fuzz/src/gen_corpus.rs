@@ -161,10 +161,45 @@ fn oci_docs(dir: &Path) {
     );
 }
 
+/// Command lines of the mount program, NUL-separated as the target splits
+/// them: the forms podman, `mount -t fuse.unionfs` and users write, plus
+/// broken ones.
+fn mount_command_lines(dir: &Path) {
+    let opts = [
+        "lowerdir=/l1:/l2,upperdir=/u,workdir=/w",
+        "lowerdir=/l,upperdir=/u,workdir=/w,squash_to_root,allow_other,fsync=0",
+        "lowerdir=/l,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1",
+        "ro,nodev,nosuid,lowerdir=\"/a,b\":/c,threads=4,passthrough=on,metacopy=off",
+        "rw,fsname=overlay,default_permissions,writeback=1,context=\"system_u:x\"",
+        "uidmapping=0:1:2:3,threads=99999999999,fsync=maybe",
+    ];
+    let mut n = 0;
+    for o in opts {
+        for shape in [
+            vec!["-o", o, "/mnt"],
+            vec!["overlay", "/mnt", "-o", o],
+            vec!["-f", &format!("-o{o}"), "/mnt"],
+            vec![
+                "--store",
+                "/s",
+                "--image",
+                "busybox:latest",
+                "-o",
+                o,
+                "/mnt",
+            ],
+        ] {
+            write(dir, &format!("cmd-{n}"), shape.join("\0").as_bytes());
+            n += 1;
+        }
+    }
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     indexes(&root.join("index_open"));
     tars(&root.join("tar_import"));
     oci_docs(&root.join("oci_parse"));
+    mount_command_lines(&root.join("mount_options"));
     println!("seeds written under {}", root.display());
 }

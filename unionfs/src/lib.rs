@@ -13,6 +13,7 @@
 //! [`mount_background`]; the `unionfs` binary is a fuse-overlayfs
 //! compatible mount program.
 
+pub mod cmdline;
 pub mod dir_layer;
 mod fs;
 mod inode;
