@@ -73,7 +73,9 @@ pub struct DiskUsage {
     /// Bytes the images would take without sharing: for each image, the
     /// sum over its layers of file contents and index size.
     pub logical_bytes: u64,
-    /// `logical_bytes / real_bytes` (1.0 for an empty store).
+    /// `logical_bytes / (real_bytes - kept_blob_bytes)`: how much sharing
+    /// saves on the unpacked layers (1.0 for an empty store). Kept registry
+    /// blobs are left out, as they have no logical counterpart.
     pub dedup_ratio: f64,
     /// Bytes of temp files left by interrupted writes.
     pub temp_bytes: u64,
@@ -327,10 +329,11 @@ impl Store {
                 .map(|m| m.len())
                 .sum();
         }
-        du.dedup_ratio = if du.real_bytes == 0 {
+        let unpacked = du.real_bytes.saturating_sub(du.kept_blob_bytes);
+        du.dedup_ratio = if unpacked == 0 {
             1.0
         } else {
-            du.logical_bytes as f64 / du.real_bytes as f64
+            du.logical_bytes as f64 / unpacked as f64
         };
         Ok(du)
     }
@@ -411,6 +414,7 @@ mod tests {
             .add_image(&new, &["app:1".into(), "app:2".into()])
             .unwrap();
         assert!(rec.sources.is_empty());
+        let ratio_before = store.df().unwrap().dedup_ratio;
 
         let one = source(&store, "one", &["app:1"]);
         let rec = store.add_image_source(&rec.id, &one).unwrap();
@@ -442,6 +446,10 @@ mod tests {
         let du = store.df().unwrap();
         let kept: u64 = one.blobs().chain(two.blobs()).map(|b| b.size).sum();
         assert_eq!(du.kept_blob_bytes, kept);
+        assert_eq!(
+            du.dedup_ratio, ratio_before,
+            "kept blobs are not unpacked data"
+        );
 
         // A source taking over every name of another replaces it.
         let three = source(&store, "three", &["app:2"]);
