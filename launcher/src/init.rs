@@ -120,8 +120,14 @@ fn run() -> Result<process::ExecFailure> {
         anyhow::bail!("the supervisor went away before starting the container");
     }
     let cfg: InitConfig = serde_json::from_str(&text).context("parsing the init config")?;
-    if cfg.userns && !has_namespace_caps() {
-        return reexec_with_caps(&text);
+    if cfg.userns {
+        if !has_namespace_caps() {
+            return reexec_with_caps(&text);
+        }
+        // Gaining capabilities in that exec cleared the parent-death
+        // signal: without it a killed supervisor would leave us running.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+            .context("setting the parent-death signal")?;
     }
     close_other_fds();
     if let Some(ns) = &cfg.join_netns {

@@ -516,3 +516,48 @@ fn rootless_without_uidmap_helpers_falls_back_to_a_single_id() {
     assert!(warning[0].contains("uidmap"), "it names the package: {err}");
     env.assert_clean();
 }
+
+/// Whether process `pid` is gone (or only a zombie nobody reaped yet).
+fn process_gone(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[test]
+fn rootless_killed_supervisor_takes_the_container_along_and_rm_cleans_up() {
+    let env = UserEnv::new();
+    let name = format!("rl-k9-{}", std::process::id());
+    env.ok(&["run", "-d", "--name", &name, IMG, "sleep", "1000"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", &name])).expect("inspect prints JSON");
+    let id = inspect[0]["Id"].as_str().expect("Id").to_string();
+    let state: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(env.store.join("containers").join(&id).join("state.json"))
+            .expect("state.json"),
+    )
+    .expect("state JSON");
+    let sup = state["supervisor_pid"].as_i64().expect("supervisor_pid") as i32;
+    let init = state["pid"].as_i64().expect("pid") as i32;
+    assert!(sup > 0 && init > 0, "{state}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the supervisor");
+    for _ in 0..200 {
+        if process_gone(init) && env.ok(&["ps", "-a"]).contains("Exited") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(process_gone(init), "the container's init outlived its supervisor");
+    let ps = env.ok(&["ps", "-a"]);
+    assert!(ps.contains("Exited"), "{ps}");
+    // The dead server's mount is the user's: rm takes it away through fusermount3.
+    env.ok(&["rm", &name]);
+    env.assert_clean();
+}
