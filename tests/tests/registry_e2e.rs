@@ -599,6 +599,32 @@ fn kept_blobs_go_with_the_image_and_local_images_push_rebuilt() {
     let busybox = std::fs::read(need("busybox")).expect("read busybox");
     assert_eq!(read_image_file(&store2, &dest, "bin/busybox"), busybox);
 
+    // A kept blob that went missing is a problem for verify, and push
+    // falls back to building the layer (the same bytes as for the local
+    // image, which has the same layer).
+    let layer_blob = {
+        let s = Store::open(&store).expect("open store");
+        s.blob_path(&kept.last().expect("a kept layer blob").blob)
+    };
+    std::fs::remove_file(&layer_blob).expect("remove kept layer blob");
+    let damaged = strata(&store, &auth, &["store", "verify"]);
+    assert!(!damaged.status.success(), "verify missed a lost kept blob");
+    assert!(
+        text(&damaged.stdout).contains("is missing; pull the image again"),
+        "{}",
+        text(&damaged.stdout)
+    );
+    let rebuilt_dest = format!("{}/strata-test/rebuilt:1", reg.addr);
+    let rebuilt = strata(&store, &auth, &["push", &source, &rebuilt_dest]);
+    assert!(
+        rebuilt.status.success(),
+        "push without kept blobs: {}",
+        text(&rebuilt.stderr)
+    );
+    let remote_rebuilt = skopeo_inspect(&rebuilt_dest, &[]);
+    assert_eq!(remote_rebuilt["Layers"], remote_local["Layers"]);
+    assert_ne!(remote_rebuilt["Layers"], remote["Layers"]);
+
     // Removing the pulled image drops its kept blobs at the next gc; the
     // local image (same layer) is untouched and the store verifies clean.
     let rm = strata(&store, &auth, &["image", "rm", &source]);

@@ -58,9 +58,13 @@ pub fn push(
 ) -> Result<PushOutcome, Error> {
     let _lock = store.lock_shared().map_err(store_err)?;
     let image = store.resolve_image(name_or_id).map_err(store_err)?;
+    // The source pulled under this name, else any other whose blobs are all
+    // still there (same image, so the same content).
+    let complete = |s: &&ImageSource| s.blobs().all(|b| store.has_blob(&b.blob));
     let kept = image
         .source_for(name_or_id)
-        .filter(|s| s.blobs().all(|b| store.has_blob(&b.blob)));
+        .filter(complete)
+        .or_else(|| image.sources.iter().rev().find(complete));
     if let Some(source) = kept {
         return push_source(client, store, source, dest, progress);
     }
