@@ -23,7 +23,8 @@
 //! another container's network (no slirp4netns/pasta: `--network none` and
 //! `host` work, and `host` is the default as podman's own default needs a
 //! user-mode network stack), and resource limits (cgroup v1 cannot be
-//! delegated to an ordinary user; podman refuses them the same way).
+//! delegated to an ordinary user; podman 4 warns and drops them there, we
+//! refuse rather than drop a requested limit silently).
 
 use std::fs;
 use std::path::{Path, PathBuf};
