@@ -21,6 +21,7 @@ pub mod demo;
 pub mod etcfiles;
 pub mod exec;
 pub mod files;
+pub mod housekeeping;
 pub mod init;
 pub mod inspect;
 pub mod lifecycle;

@@ -1,5 +1,6 @@
 //! `strata system` commands: `boot` and `shutdown`, strata's answer to a
-//! daemon restart (there is no daemon).
+//! daemon restart (there is no daemon); `check` and `prune` for what killed
+//! supervisors leave behind (see [`crate::housekeeping`]).
 //!
 //! `system shutdown` (for the host's stop unit) stops every running
 //! container with its own stop timeout and marks it as stopped by shutdown.
@@ -15,7 +16,7 @@ use anyhow::Result;
 use super::Globals;
 use crate::container::{self, Status};
 use crate::lifecycle::{self, Dirs};
-use crate::restart;
+use crate::{housekeeping, restart};
 
 /// `system` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -26,6 +27,18 @@ pub enum Command {
     /// Stop every running container with its stop timeout, remembering
     /// which ones `boot` should bring back.
     Shutdown,
+    /// List what containers whose supervisor was killed left behind
+    /// (mounts, cgroups, processes, networking, stray state); exit status 1
+    /// when there is any.
+    ///
+    /// Example: `strata system check`
+    Check,
+    /// Remove what `system check` lists. Unlike docker's `system prune`, no
+    /// container, image, volume or network is removed: stopped containers
+    /// keep their rw layer.
+    ///
+    /// Example: `strata system prune`
+    Prune,
 }
 
 /// Run one `system` command.
@@ -33,6 +46,40 @@ pub fn run(cmd: Command, g: &Globals) -> Result<ExitCode> {
     let d = Dirs::new(&g.store_dir(), &g.state_dir())?;
     let mut failed = false;
     match cmd {
+        Command::Check => {
+            let found = housekeeping::find(&d)?;
+            if found.is_empty() {
+                println!("no leftovers");
+            } else {
+                print_table(&found);
+                failed = true;
+            }
+        }
+        Command::Prune => {
+            let found = housekeeping::find(&d)?;
+            if found.is_empty() {
+                println!("nothing to prune");
+            }
+            for (it, res) in housekeeping::remove(&d, &found) {
+                match res {
+                    Ok(()) => println!(
+                        "removed {} of {}: {}",
+                        it.kind.as_str(),
+                        it.container,
+                        it.detail
+                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "strata: could not remove {} of {} ({}): {e:#}",
+                            it.kind.as_str(),
+                            it.container,
+                            it.detail
+                        );
+                        failed = true;
+                    }
+                }
+            }
+        }
         Command::Shutdown => {
             for c in container::list(&d.store, &d.state)? {
                 if !c.is_live() {
@@ -95,4 +142,17 @@ pub fn run(cmd: Command, g: &Globals) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn print_table(items: &[housekeeping::Leftover]) {
+    let w = items
+        .iter()
+        .map(|i| i.container.len())
+        .max()
+        .unwrap_or(0)
+        .max("CONTAINER".len());
+    println!("{:<10} {:<w$} DETAIL", "KIND", "CONTAINER");
+    for i in items {
+        println!("{:<10} {:<w$} {}", i.kind.as_str(), i.container, i.detail);
+    }
 }

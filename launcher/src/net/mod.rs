@@ -89,8 +89,8 @@ pub use error::NetError;
 pub use ipam::Subnet;
 pub use ops::{
     attach, cleanup_stale, connect, container_info, create_network, detach, disconnect,
-    inspect_networks, list_networks, port_lines, prune_networks, remove_network, ConnectOptions,
-    CreateNetwork, NetworkSummary,
+    inspect_networks, list_networks, port_lines, prune_networks, remove_network, stale_containers,
+    ConnectOptions, CreateNetwork, NetworkSummary,
 };
 pub use port::{ExposedPort, PortBinding, PortGuard, PortRange, PortSpec, Proto};
 

@@ -699,6 +699,33 @@ fn reap_stale(state: &mut State) -> Vec<String> {
     dead
 }
 
+/// The containers whose supervisor died but whose networking (veths,
+/// leases, port rules, hosts entries) is still recorded: (id, name, what
+/// they hold). Changes nothing.
+pub fn stale_containers(state_dir: &Path) -> Result<Vec<(String, String, String)>> {
+    let lk = state::lock(state_dir)?;
+    Ok(lk
+        .state
+        .containers
+        .values()
+        .filter(|c| !state::alive(c))
+        .map(|c| {
+            let mut held: Vec<String> = c
+                .endpoints
+                .iter()
+                .map(|(net, e)| format!("{net} {}", e.ip))
+                .collect();
+            if !c.ports.is_empty() {
+                held.push(format!("{} published port(s)", c.ports.len()));
+            }
+            if held.is_empty() {
+                held.push("a network record".into());
+            }
+            (c.id.clone(), c.name.clone(), held.join(", "))
+        })
+        .collect())
+}
+
 /// Remove veths, leases, port rules and hosts entries of every container
 /// whose supervisor died; returns the ids cleaned. Cheap when nothing is
 /// stale; any command may call it.

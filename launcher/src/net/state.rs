@@ -217,13 +217,18 @@ impl Locked {
     }
 }
 
-/// Start time of a process in clock ticks since boot, `None` if it is gone.
+/// Start time of a process in clock ticks since boot, `None` if it is gone
+/// (a zombie is gone: a killed supervisor may wait a while to be reaped).
 pub(crate) fn process_start(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; fields after it follow ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // After ')' come field 3 (state) onwards; starttime is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Is the supervisor of `c` still the process that attached it?
