@@ -259,6 +259,39 @@ fn limits_are_visible_inside_and_pids_limit_stops_forks() {
 }
 
 #[test]
+fn cpus_limit_throttles_a_busy_loop() {
+    let env = Env::new();
+    // A busy loop for about a second and a half under a fifth of a CPU:
+    // the CFS quota must throttle it in most 100 ms periods.
+    let o = sh(
+        &env,
+        &["--cpus", "0.2"],
+        "end=$(( $(date +%s) + 2 )); while [ $(date +%s) -lt $end ]; do :; done; \
+         cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us; \
+         cat /sys/fs/cgroup/cpu/cpu.stat",
+    );
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first().copied(), Some("20000"), "{out}");
+    assert_eq!(lines.get(1).copied(), Some("100000"), "{out}");
+    let stat = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} missing from cpu.stat: {out}"))
+    };
+    let periods = stat("nr_periods ");
+    let throttled = stat("nr_throttled ");
+    let throttled_ns = stat("throttled_time ");
+    assert!(periods >= 5, "the loop ran in {periods} periods: {out}");
+    assert!(
+        throttled * 2 >= periods,
+        "throttled in only {throttled} of {periods} periods: {out}"
+    );
+    assert!(throttled_ns > 0, "{out}");
+}
+
+#[test]
 fn security_defaults_mask_drop_and_filter() {
     let env = Env::new();
     let o = sh(
