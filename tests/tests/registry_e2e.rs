@@ -764,6 +764,8 @@ enum Fault {
     TokenAuthCreds,
     /// Tag `v1` is an image index (arm64 and amd64 entries).
     Index,
+    /// Send half the layer, then hold the connection open (a pull to kill).
+    Stall,
 }
 
 /// base64 of `tester:s3cret`.
@@ -952,6 +954,17 @@ fn serve_one(
                 &image.layer,
                 image.layer.len() / 2,
             ),
+            Fault::Stall => {
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "",
+                    &image.layer,
+                    image.layer.len() / 2,
+                )?;
+                std::thread::sleep(Duration::from_secs(30));
+                Ok(())
+            }
             Fault::TokenAuth | Fault::TokenAuthCreds | Fault::Index => {
                 respond(&mut stream, "200 OK", "", &image.layer, usize::MAX)
             }
@@ -990,6 +1003,88 @@ fn truncated_blob_leaves_nothing_in_the_store() {
     assert_store_empty(&store);
     // The broken download was retried before giving up.
     assert!(count.load(Ordering::SeqCst) >= 6, "no retries");
+}
+
+#[test]
+fn kill_9_mid_pull_leaves_a_consistent_store() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let image = fake_image(work.path());
+    let layer_digest = image.layer_digest.clone();
+    let (addr, count) = fake_registry(image, Fault::Stall);
+    let store = work.path().join("store");
+    let auth = work.path().join("auth.json");
+    let mut child = Command::new(strata_bin())
+        .arg("--store")
+        .arg(&store)
+        .args(["pull", &format!("{addr}/fake/img:v1")])
+        .env("REGISTRY_AUTH_FILE", &auth)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning strata pull");
+    // /v2/, manifest, config, layer: the layer download is then stalled
+    // half-way (the registry holds the connection).
+    let t0 = Instant::now();
+    while count.load(Ordering::SeqCst) < 4 {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "pull ended before it could be killed"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "pull made no requests"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "pull ended before it could be killed"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the pull");
+    child.wait().expect("wait");
+
+    let ls = strata(&store, &auth, &["image", "ls", "-q"]);
+    assert!(
+        text(&ls.stdout).trim().is_empty(),
+        "a partial image is listed"
+    );
+    let verify = strata(&store, &auth, &["store", "verify"]);
+    assert!(verify.status.success(), "verify: {}", text(&verify.stderr));
+    assert!(
+        text(&verify.stdout).contains("0 problem(s)"),
+        "{}",
+        text(&verify.stdout)
+    );
+    let gc = strata(&store, &auth, &["store", "gc"]);
+    assert!(gc.status.success(), "gc: {}", text(&gc.stderr));
+    assert_store_empty(&store);
+
+    // The store works: the same image pulls whole from a healthy registry.
+    let (addr2, _) = fake_registry(fake_image(work.path()), Fault::TokenAuth);
+    let name = format!("{addr2}/fake/img:v1");
+    let out = strata(&store, &auth, &["pull", &name]);
+    assert!(
+        out.status.success(),
+        "pull after kill: {}",
+        text(&out.stderr)
+    );
+    let s = Store::open(&store).expect("store");
+    assert!(s
+        .layer_for_digest(&layer_digest)
+        .expect("side map")
+        .is_some());
+    let verify = strata(&store, &auth, &["store", "verify"]);
+    assert!(
+        text(&verify.stdout).contains("0 problem(s)"),
+        "{}",
+        text(&verify.stdout)
+    );
 }
 
 #[test]

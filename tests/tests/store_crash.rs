@@ -141,6 +141,112 @@ fn kill_9_mid_import_leaves_a_consistent_store() {
     ok(strata(&store, &["store", "verify"]), "verify");
 }
 
+/// Every blob file under `store/blobs`.
+fn blob_count(store: &Path) -> usize {
+    std::fs::read_dir(store.join("blobs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| count_files(&d.path()))
+        .sum()
+}
+
+#[test]
+fn kill_9_during_gc_at_many_points_keeps_the_store_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let garbage = tmp.path().join("garbage.tar");
+    let kept = tmp.path().join("kept.tar");
+    big_tar(&garbage, 600); // 150 MiB of distinct blobs to collect
+    ok(
+        strata(
+            &store,
+            &[
+                "image",
+                "import",
+                garbage.to_str().unwrap(),
+                "--name",
+                "garbage",
+            ],
+        ),
+        "import garbage",
+    );
+    // A second image sharing nothing with the first must survive intact.
+    let f = std::fs::File::create(&kept).unwrap();
+    let mut b = tar::Builder::new(f);
+    let body = b"kept\n".repeat(40_000);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "kept/file", &body[..]).unwrap();
+    b.into_inner().unwrap();
+    ok(
+        strata(
+            &store,
+            &["image", "import", kept.to_str().unwrap(), "--name", "kept"],
+        ),
+        "import kept",
+    );
+    let before = blob_count(&store);
+    ok(strata(&store, &["image", "rm", "garbage"]), "image rm");
+
+    // Kill gc after 0, 1, 2... ms until one run completes on its own.
+    let mut kills = 0;
+    let mut mid_way = 0;
+    let mut delay = 0u64;
+    loop {
+        let counted = blob_count(&store);
+        let mut child = Command::new(strata_bin())
+            .arg("--store")
+            .arg(&store)
+            .args(["store", "gc"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        if status.success() {
+            break; // it finished between the check and the kill
+        }
+        kills += 1;
+        let now = blob_count(&store);
+        if now < counted && now > 1 {
+            mid_way += 1;
+        }
+        // After every kill: what is left is consistent and the kept image whole.
+        let verify = ok(strata(&store, &["store", "verify"]), "verify after kill");
+        assert!(verify.contains("0 problem(s)"), "{verify}");
+        let ls = ok(strata(&store, &["image", "ls"]), "ls");
+        assert!(ls.contains("kept:latest"), "{ls}");
+        assert!(!ls.contains("garbage"), "{ls}");
+        delay += 1 + delay / 2;
+        assert!(kills < 200, "gc never completed");
+    }
+    eprintln!("gc killed {kills} times, {mid_way} of them mid-way through the blobs");
+    assert!(
+        mid_way > 0,
+        "no kill landed while gc was deleting ({kills} kills): make the garbage bigger"
+    );
+    ok(strata(&store, &["store", "gc"]), "final gc");
+    let after = blob_count(&store);
+    assert!(
+        after < before && after <= 2,
+        "blobs left: {after} of {before}"
+    );
+    let verify = ok(strata(&store, &["store", "verify"]), "verify");
+    assert!(verify.contains("0 problem(s)"), "{verify}");
+}
+
 #[test]
 fn concurrent_imports_of_the_same_archive() {
     let tmp = tempfile::tempdir().unwrap();
