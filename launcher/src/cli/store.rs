@@ -54,6 +54,13 @@ pub fn run(cmd: Command, globals: &Globals) -> anyhow::Result<ExitCode> {
                     "real bytes:    {} (blobs {}, indexes {})",
                     du.real_bytes, du.blob_bytes, du.index_bytes
                 )?;
+                if du.kept_blob_bytes > 0 {
+                    writeln!(
+                        out,
+                        "kept blobs:    {} (compressed layers as pulled, for push)",
+                        du.kept_blob_bytes
+                    )?;
+                }
                 writeln!(out, "logical bytes: {}", du.logical_bytes)?;
                 writeln!(out, "dedup ratio:   {:.2}", du.dedup_ratio)?;
                 if du.temp_bytes > 0 {
@@ -77,10 +84,11 @@ pub fn run(cmd: Command, globals: &Globals) -> anyhow::Result<ExitCode> {
                 }
                 writeln!(
                     out,
-                    "checked {} blobs, {} layers, {} images ({} bytes): {} problem(s)",
+                    "checked {} blobs, {} layers, {} images, {} kept blobs ({} bytes): {} problem(s)",
                     report.blobs_checked,
                     report.layers_checked,
                     report.images_checked,
+                    report.kept_blobs_checked,
                     report.bytes_hashed,
                     report.problems.len()
                 )?;
