@@ -226,7 +226,7 @@ pub fn start(dirs: &Dirs, c: &mut Container, attach: bool) -> Result<i32> {
     let mut sup = supervisor::launch(c, &dirs.store, &dirs.state, attach)?;
     match sup.next(c) {
         Ready::Listening => {}
-        Ready::Failed(code, msg) => return fail_start(c, code, &msg),
+        Ready::Failed(code, msg) => return fail_start(c, sup.pid, code, &msg),
         Ready::Started => {}
     }
     let stream = if attach {
@@ -241,7 +241,7 @@ pub fn start(dirs: &Dirs, c: &mut Container, attach: bool) -> Result<i32> {
                 // Drain whatever the container printed before failing.
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
-            return fail_start(c, code, &msg);
+            return fail_start(c, sup.pid, code, &msg);
         }
     }
     let Some(stream) = stream else { return Ok(0) };
@@ -250,12 +250,29 @@ pub fn start(dirs: &Dirs, c: &mut Container, attach: bool) -> Result<i32> {
     Ok(code.unwrap_or(c.state.exit_code))
 }
 
-fn fail_start(c: &Container, code: i32, msg: &str) -> Result<i32> {
+fn fail_start(c: &Container, supervisor_pid: u32, code: i32, msg: &str) -> Result<i32> {
     eprintln!("strata: cannot start container {}: {msg}", c.config.name);
     if c.config.auto_remove {
-        supervisor::wait_gone(c);
+        // With --rm the supervisor removes the container as it exits;
+        // nothing may be left when we return. It is our child: reap it.
+        wait_child_exit(supervisor_pid, std::time::Duration::from_secs(10));
     }
     Ok(code)
+}
+
+/// Wait (up to `limit`) for our child `pid` to exit, and reap it.
+fn wait_child_exit(pid: u32, limit: std::time::Duration) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        match waitpid(nix::unistd::Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Attach to a running container's output until it exits.

@@ -205,6 +205,16 @@ fn prepare(spec: &ProcessSpec, hostname: Option<&str>) -> Result<Prepared, ExecF
         seccomp::apply_keeping_privileges(&programs).map_err(ExecFailure::setup)?;
     }
     let step = |r: nix::Result<()>, what: &str| {
+        if r == Err(nix::errno::Errno::EINVAL) && crate::rootless::in_user_namespace() {
+            // The id has no host id behind it in this user namespace.
+            return Err(ExecFailure::setup(anyhow::anyhow!(
+                "{what}: user {}:{} is not mapped in the container's user namespace \
+                 (rootless maps only ids that /etc/subuid and /etc/subgid give you, \
+                 through newuidmap/newgidmap from the uidmap package)",
+                id.uid,
+                id.gid
+            )));
+        }
         r.with_context(|| what.to_string())
             .map_err(ExecFailure::setup)
     };

@@ -514,6 +514,11 @@ fn rootless_without_uidmap_helpers_falls_back_to_a_single_id() {
         .collect();
     assert_eq!(warning.len(), 1, "one warning line: {err}");
     assert!(warning[0].contains("uidmap"), "it names the package: {err}");
+    // Only root exists in such a namespace: another user is refused clearly.
+    let o = env.run_without_uidmap_helpers(&["run", "--rm", "-u", "5", IMG, "id"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("is not mapped"), "{err}");
     env.assert_clean();
 }
 
@@ -554,7 +559,10 @@ fn rootless_killed_supervisor_takes_the_container_along_and_rm_cleans_up() {
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    assert!(process_gone(init), "the container's init outlived its supervisor");
+    assert!(
+        process_gone(init),
+        "the container's init outlived its supervisor"
+    );
     let ps = env.ok(&["ps", "-a"]);
     assert!(ps.contains("Exited"), "{ps}");
     // The dead server's mount is the user's: rm takes it away through fusermount3.
