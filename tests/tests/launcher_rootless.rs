@@ -569,3 +569,52 @@ fn rootless_killed_supervisor_takes_the_container_along_and_rm_cleans_up() {
     env.ok(&["rm", &name]);
     env.assert_clean();
 }
+
+#[test]
+fn rootless_keeps_the_security_defaults() {
+    let env = UserEnv::new();
+    let out = env.sh(
+        &["--network", "none"],
+        "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t'; \
+         echo keys=$(wc -c < /proc/keys); \
+         if echo x > /proc/sys/kernel/hostname 2>/dev/null; then echo sys=writable; else echo sys=ro; fi; \
+         unshare -U true 2>/dev/null; echo unshare=$?",
+    );
+    let l = lines(&out);
+    assert!(l.contains(&"NoNewPrivs:1".to_string()), "{out}");
+    assert!(
+        l.contains(&"Seccomp:2".to_string()),
+        "the default filter: {out}"
+    );
+    assert!(
+        l.contains(&"keys=0".to_string()),
+        "masked /proc/keys: {out}"
+    );
+    assert!(
+        l.contains(&"sys=ro".to_string()),
+        "read-only /proc/sys: {out}"
+    );
+    assert!(
+        l.iter()
+            .any(|x| x.starts_with("unshare=") && x != "unshare=0"),
+        "the filter denies unshare: {out}"
+    );
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--cap-drop",
+        "ALL",
+        IMG,
+        "chown",
+        "1",
+        "/tmp",
+    ]);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "--cap-drop ALL removes chown rights"
+    );
+    env.assert_clean();
+}
