@@ -128,10 +128,13 @@ pub fn create(dirs: &Dirs, mut cfg: ContainerConfig) -> Result<Container> {
             "no command specified: give one after the image (the image has no CMD or ENTRYPOINT)"
         );
     }
-    crate::netglue::mode(&cfg)?;
     if crate::rootless::active() {
+        if cfg.network.mode.is_empty() {
+            cfg.network.mode = crate::rootless::DEFAULT_NETWORK.into();
+        }
         crate::rootless::check_config(&cfg)?;
     }
+    crate::netglue::mode(&cfg)?;
     crate::capabilities::effective_set(cfg.privileged, &cfg.cap_add, &cfg.cap_drop)?;
     // Anonymous volumes get their names now so restarts reuse them.
     for m in cfg.mounts.iter_mut() {
