@@ -84,7 +84,7 @@ fn namespaces_isolate_the_container() {
     assert_eq!(lines[1], "pid=1");
     let procs: u32 = lines[2].trim().parse().unwrap();
     assert!(procs <= 4, "only the shell's pipeline is visible: {out}");
-    assert_eq!(lines[3], "fuse", "root is the union mount: {out}");
+    assert_eq!(lines[3], "fuse.unionfs", "root is the union mount: {out}");
     assert_eq!(lines[4], "boxy");
     assert_eq!(lines[5].trim(), "1", "hosts names the container");
     assert!(lines[6].ends_with(":/"), "cgroup namespace root: {out}");
