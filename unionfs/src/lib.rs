@@ -20,6 +20,7 @@ mod inode;
 mod kmount;
 pub mod layer;
 pub mod mount;
+pub mod probe;
 pub mod store_layer;
 mod sys;
 mod union;

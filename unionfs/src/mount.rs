@@ -210,8 +210,8 @@ fn to_mapping(ranges: &[IdRange], squash: bool) -> IdMapping {
     }
 }
 
-/// Builds the FUSE filesystem and the fuser session config for `cfg`.
-fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config, KernelOptions), Error> {
+/// Opens the layers and the upper of `cfg` and builds the union (no mount).
+pub(crate) fn build_union(cfg: &MountConfig) -> Result<Union, Error> {
     if cfg.lowers.is_empty() && cfg.upper.is_none() {
         return Err(Error::Config(
             "no lower layers and no upper directory: give lowerdir= or an image".into(),
@@ -232,7 +232,6 @@ fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config, KernelOptions), Error>
         (Some(u), Some(w)) => Some(open_upper(u, w)?),
         _ => None,
     };
-    let read_only = upper.is_none();
     let opts = UnionOptions {
         metacopy: cfg.metacopy,
         fsync: cfg.fsync,
@@ -240,7 +239,13 @@ fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config, KernelOptions), Error>
         gids: to_mapping(&cfg.gid_map, cfg.squash_to_root),
         dir_cache_entries: 256,
     };
-    let union = Arc::new(Union::new(layers, upper, opts));
+    Ok(Union::new(layers, upper, opts))
+}
+
+/// Builds the FUSE filesystem and the fuser session config for `cfg`.
+fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config, KernelOptions), Error> {
+    let union = Arc::new(build_union(cfg)?);
+    let read_only = union.upper.is_none();
     let fs = UnionFs::new(
         union,
         FsTuning {
