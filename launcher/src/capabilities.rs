@@ -109,6 +109,51 @@ pub fn apply(names: &[String], uid: u32) -> Result<()> {
     Ok(())
 }
 
+/// The five sets of an OCI `process.capabilities`, each applied exactly
+/// (runc's model), as opposed to [`apply`]'s one list for all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sets {
+    /// Bounding set (applied with [`limit_bounding`]).
+    pub bounding: Vec<String>,
+    /// Effective set.
+    pub effective: Vec<String>,
+    /// Inheritable set.
+    pub inheritable: Vec<String>,
+    /// Permitted set.
+    pub permitted: Vec<String>,
+    /// Ambient set: only capabilities also permitted and inheritable can
+    /// be ambient (capabilities(7)); the others are left out, as runc does.
+    pub ambient: Vec<String>,
+}
+
+/// Set the effective, inheritable, permitted and ambient sets to exactly
+/// `sets`. Call after the uid change (with keep-caps set), like [`apply`].
+pub fn apply_sets(sets: &Sets) -> Result<()> {
+    let eff = to_set(&sets.effective)?;
+    let inh = to_set(&sets.inheritable)?;
+    let perm = to_set(&sets.permitted)?;
+    let amb: CapsHashSet = to_set(&sets.ambient)?
+        .into_iter()
+        .filter(|c| inh.contains(c) && perm.contains(c))
+        .collect();
+    // Raise what is still permitted so that changing the inheritable set
+    // (CAP_SETPCAP) and raising ambient capabilities are allowed.
+    let now = caps::read(None, CapSet::Permitted).context("reading permitted capabilities")?;
+    caps::set(None, CapSet::Effective, &now).context("raising effective capabilities")?;
+    caps::set(None, CapSet::Inheritable, &inh).context("setting inheritable capabilities")?;
+    caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
+    for c in &amb {
+        caps::raise(None, CapSet::Ambient, *c)
+            .with_context(|| format!("raising ambient capability {c}"))?;
+    }
+    caps::set(None, CapSet::Effective, &CapsHashSet::new())
+        .context("clearing effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &perm).context("setting permitted capabilities")?;
+    let eff: CapsHashSet = eff.intersection(&perm).copied().collect();
+    caps::set(None, CapSet::Effective, &eff).context("setting effective capabilities")?;
+    Ok(())
+}
+
 /// Refuse sets that name nothing real.
 pub fn validate(names: &[String]) -> Result<()> {
     for n in names {

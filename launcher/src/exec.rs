@@ -81,6 +81,7 @@ pub fn exec(c: &Container, opts: &ExecOptions) -> Result<i32> {
         no_new_privs: !privileged,
         tty: opts.tty,
         groups_add: Vec::new(),
+        oci_caps: None,
     };
     // Open every namespace first: /proc paths change meaning once we join
     // the mount namespace.

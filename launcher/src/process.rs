@@ -36,6 +36,9 @@ pub struct ProcessSpec {
     /// `process.user.additionalGids`).
     #[serde(default)]
     pub groups_add: Vec<u32>,
+    /// OCI's five capability sets; when given they replace `caps`.
+    #[serde(default)]
+    pub oci_caps: Option<capabilities::Sets>,
 }
 
 /// Why exec failed: docker's exit code and a message.
@@ -190,7 +193,8 @@ fn prepare(spec: &ProcessSpec, hostname: Option<&str>) -> Result<Prepared, ExecF
         );
     }
     let programs = seccomp_programs(spec).map_err(ExecFailure::setup)?;
-    capabilities::limit_bounding(&spec.caps).map_err(ExecFailure::setup)?;
+    let bounding = spec.oci_caps.as_ref().map_or(&spec.caps, |s| &s.bounding);
+    capabilities::limit_bounding(bounding).map_err(ExecFailure::setup)?;
     nix::sys::prctl::set_keepcaps(true).map_err(|e| ExecFailure::setup(e.into()))?;
     let mut groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     for g in &spec.groups_add {
@@ -242,7 +246,11 @@ fn prepare(spec: &ProcessSpec, hostname: Option<&str>) -> Result<Prepared, ExecF
         ),
         "setting the user id",
     )?;
-    capabilities::apply(&spec.caps, id.uid).map_err(ExecFailure::setup)?;
+    match &spec.oci_caps {
+        Some(sets) => capabilities::apply_sets(sets),
+        None => capabilities::apply(&spec.caps, id.uid),
+    }
+    .map_err(ExecFailure::setup)?;
     nix::unistd::chdir(cwd)
         .with_context(|| format!("entering working directory {cwd}"))
         .map_err(|e| ExecFailure {

@@ -655,6 +655,7 @@ fn build_init_config(
             no_new_privs: !cfg.privileged,
             tty: cfg.tty,
             groups_add: Vec::new(),
+            oci_caps: None,
         },
         reaper: cfg.init,
         console,

@@ -530,6 +530,7 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<i32> {
         no_new_privs: process.no_new_privileges().unwrap_or(false),
         tty: false,
         groups_add: u.additional_gids().clone().unwrap_or_default(),
+        oci_caps: super::translate::cap_sets(&process),
     };
     let pid = h.saved.pid;
     let mut ns = Vec::new();

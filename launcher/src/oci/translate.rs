@@ -233,6 +233,7 @@ pub fn translate(spec: &Spec, bundle: &Path, fifo: &Path) -> Result<Translated> 
             no_new_privs: process.no_new_privileges().unwrap_or(false),
             tty: process.terminal().unwrap_or(false),
             groups_add: user.additional_gids().clone().unwrap_or_default(),
+            oci_caps: cap_sets(process),
         },
     };
     Ok(Translated {
@@ -242,6 +243,24 @@ pub fn translate(spec: &Spec, bundle: &Path, fifo: &Path) -> Result<Translated> 
         init,
         uid_map,
         gid_map,
+    })
+}
+
+/// `process.capabilities` as strata's five sets (`CAP_` names); a set the
+/// config leaves out is empty, as runc has it.
+pub fn cap_sets(process: &oci_spec::runtime::Process) -> Option<crate::capabilities::Sets> {
+    let c = process.capabilities().as_ref()?;
+    let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+        let mut v: Vec<String> = set.iter().flatten().map(|c| format!("CAP_{c}")).collect();
+        v.sort();
+        v
+    };
+    Some(crate::capabilities::Sets {
+        bounding: names(c.bounding()),
+        effective: names(c.effective()),
+        inheritable: names(c.inheritable()),
+        permitted: names(c.permitted()),
+        ambient: names(c.ambient()),
     })
 }
 
