@@ -894,6 +894,20 @@ impl UnionFs {
     }
 }
 
+/// Runs one request handler; a panic in it is logged and the request
+/// answered EIO (the unsent reply does that when dropped during unwinding),
+/// so one bad request does not take a worker thread, or the mount, down.
+fn guard(op: &'static str, f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(op, "request handler panicked, answered EIO: {msg}");
+    }
+}
+
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
@@ -936,49 +950,55 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.child(parent.0, name.as_bytes()) {
+        guard("lookup", || match self.child(parent.0, name.as_bytes()) {
             Ok((_, n, a)) => self.reply_entry(&n, &a, reply),
             Err(err) => reply.error(e(err)),
-        }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if ino.0 == ROOT_INO {
-            return;
-        }
-        let remove = match self.u.nodes.get(&ino.0) {
-            Some(n) => {
-                let prev = n.lookups.fetch_sub(
-                    nlookup.min(n.lookups.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                );
-                prev <= nlookup && n.kind != EntryKind::Dir && n.opens.load(Ordering::Relaxed) == 0
+        guard("forget", || {
+            if ino.0 == ROOT_INO {
+                return;
             }
-            None => false,
-        };
-        if remove {
-            self.u.nodes.remove_if(&ino.0, |_, n| {
-                n.lookups.load(Ordering::Relaxed) == 0 && n.opens.load(Ordering::Relaxed) == 0
-            });
-        }
+            let remove = match self.u.nodes.get(&ino.0) {
+                Some(n) => {
+                    let prev = n.lookups.fetch_sub(
+                        nlookup.min(n.lookups.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                    prev <= nlookup
+                        && n.kind != EntryKind::Dir
+                        && n.opens.load(Ordering::Relaxed) == 0
+                }
+                None => false,
+            };
+            if remove {
+                self.u.nodes.remove_if(&ino.0, |_, n| {
+                    n.lookups.load(Ordering::Relaxed) == 0 && n.opens.load(Ordering::Relaxed) == 0
+                });
+            }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let node = match self.u.node(ino.0) {
-            Ok(n) => n,
-            Err(err) => return reply.error(e(err)),
-        };
-        if let Some((f, true)) = fh.and_then(|f| self.handle_file(f.0).ok()) {
-            if let Ok(st) = sys::fstat(f.as_fd()) {
-                let mut a = LayerAttr::from_stat(&st);
-                a.ino = node.ino;
-                return reply.attr(&TTL_UPPER, &self.fattr(&a));
+        guard("getattr", || {
+            let node = match self.u.node(ino.0) {
+                Ok(n) => n,
+                Err(err) => return reply.error(e(err)),
+            };
+            if let Some((f, true)) = fh.and_then(|f| self.handle_file(f.0).ok()) {
+                if let Ok(st) = sys::fstat(f.as_fd()) {
+                    let mut a = LayerAttr::from_stat(&st);
+                    a.ino = node.ino;
+                    return reply.attr(&TTL_UPPER, &self.fattr(&a));
+                }
             }
-        }
-        match self.u.attr_of(&node) {
-            Ok(a) => reply.attr(&self.ttl(&node, &a), &self.fattr(&a)),
-            Err(err) => reply.error(e(err)),
-        }
+            match self.u.attr_of(&node) {
+                Ok(a) => reply.attr(&self.ttl(&node, &a), &self.fattr(&a)),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn setattr(
@@ -999,32 +1019,36 @@ impl Filesystem for UnionFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
-            Ok(a) => reply.attr(&TTL_UPPER, &self.fattr(&a)),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("setattr", || {
+            match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+                Ok(a) => reply.attr(&TTL_UPPER, &self.fattr(&a)),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let res = (|| -> Res<Vec<u8>> {
-            let node = self.u.node(ino.0)?;
-            let st = node.snapshot();
-            match &st.upper {
-                Some(_) => {
-                    let p = st.parent.clone().ok_or(libc::EIO)?;
-                    let pfd = p.upper_dir().ok_or(libc::EIO)?;
-                    sys::readlink_at(pfd.as_fd(), &st.name).map_err(errno)
+        guard("readlink", || {
+            let res = (|| -> Res<Vec<u8>> {
+                let node = self.u.node(ino.0)?;
+                let st = node.snapshot();
+                match &st.upper {
+                    Some(_) => {
+                        let p = st.parent.clone().ok_or(libc::EIO)?;
+                        let pfd = p.upper_dir().ok_or(libc::EIO)?;
+                        sys::readlink_at(pfd.as_fd(), &st.name).map_err(errno)
+                    }
+                    None => {
+                        let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
+                        self.u.layers[l].readlink(ln).map_err(errno)
+                    }
                 }
-                None => {
-                    let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
-                    self.u.layers[l].readlink(ln).map_err(errno)
-                }
+            })();
+            match res {
+                Ok(t) => reply.data(&t),
+                Err(err) => reply.error(e(err)),
             }
-        })();
-        match res {
-            Ok(t) => reply.data(&t),
-            Err(err) => reply.error(e(err)),
-        }
+        });
     }
 
     fn mknod(
@@ -1037,10 +1061,12 @@ impl Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev as u64) {
-            Ok((n, a)) => self.reply_entry(&n, &a, reply),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("mknod", || {
+            match self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev as u64) {
+                Ok((n, a)) => self.reply_entry(&n, &a, reply),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn mkdir(
@@ -1052,24 +1078,30 @@ impl Filesystem for UnionFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.do_mkdir(req, parent.0, name.as_bytes(), mode) {
-            Ok((n, a)) => self.reply_entry(&n, &a, reply),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("mkdir", || {
+            match self.do_mkdir(req, parent.0, name.as_bytes(), mode) {
+                Ok((n, a)) => self.reply_entry(&n, &a, reply),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_unlink(parent.0, name.as_bytes(), false) {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("unlink", || {
+            match self.do_unlink(parent.0, name.as_bytes(), false) {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_unlink(parent.0, name.as_bytes(), true) {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("rmdir", || {
+            match self.do_unlink(parent.0, name.as_bytes(), true) {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn symlink(
@@ -1080,15 +1112,17 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.do_symlink(
-            req,
-            parent.0,
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-        ) {
-            Ok((n, a)) => self.reply_entry(&n, &a, reply),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("symlink", || {
+            match self.do_symlink(
+                req,
+                parent.0,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+            ) {
+                Ok((n, a)) => self.reply_entry(&n, &a, reply),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn rename(
@@ -1101,16 +1135,18 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("rename", || {
+            match self.do_rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            ) {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn link(
@@ -1121,14 +1157,18 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.do_link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok((n, a)) => self.reply_entry(&n, &a, reply),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("link", || {
+            match self.do_link(ino.0, newparent.0, newname.as_bytes()) {
+                Ok((n, a)) => self.reply_entry(&n, &a, reply),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.do_open(ino.0, flags.0, reply);
+        guard("open", || {
+            self.do_open(ino.0, flags.0, reply);
+        });
     }
 
     fn read(
@@ -1142,30 +1182,32 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let h = self.handles.get(&fh.0);
-        match h.as_deref() {
-            Some(Handle::File { file, .. }) => {
-                let file = file.clone();
-                drop(h);
-                let mut buf = vec![0u8; size as usize];
-                let mut got = 0usize;
-                while got < buf.len() {
-                    match sys::pread(file.as_fd(), &mut buf[got..], offset + got as u64) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
-                        Err(err) => return reply.error(e(errno(err))),
+        guard("read", || {
+            let h = self.handles.get(&fh.0);
+            match h.as_deref() {
+                Some(Handle::File { file, .. }) => {
+                    let file = file.clone();
+                    drop(h);
+                    let mut buf = vec![0u8; size as usize];
+                    let mut got = 0usize;
+                    while got < buf.len() {
+                        match sys::pread(file.as_fd(), &mut buf[got..], offset + got as u64) {
+                            Ok(0) => break,
+                            Ok(n) => got += n,
+                            Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
+                            Err(err) => return reply.error(e(errno(err))),
+                        }
                     }
+                    reply.data(&buf[..got]);
                 }
-                reply.data(&buf[..got]);
+                Some(Handle::Inline { data }) => {
+                    let start = (offset as usize).min(data.len());
+                    let end = start.saturating_add(size as usize).min(data.len());
+                    reply.data(&data[start..end]);
+                }
+                _ => reply.error(Errno::EBADF),
             }
-            Some(Handle::Inline { data }) => {
-                let start = (offset as usize).min(data.len());
-                let end = start.saturating_add(size as usize).min(data.len());
-                reply.data(&data[start..end]);
-            }
-            _ => reply.error(Errno::EBADF),
-        }
+        });
     }
 
     fn write(
@@ -1180,14 +1222,14 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.handle_file(fh.0) {
+        guard("write", || match self.handle_file(fh.0) {
             Ok((f, true)) => match sys::pwrite(f.as_fd(), data, offset) {
                 Ok(n) => reply.written(n as u32),
                 Err(err) => reply.error(e(errno(err))),
             },
             Ok(_) => reply.error(Errno::EBADF),
             Err(err) => reply.error(e(err)),
-        }
+        });
     }
 
     fn flush(
@@ -1198,7 +1240,9 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        guard("flush", || {
+            reply.ok();
+        });
     }
 
     fn release(
@@ -1211,8 +1255,10 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.release_handle(fh.0);
-        reply.ok();
+        guard("release", || {
+            self.release_handle(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsync(
@@ -1223,39 +1269,41 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.handle_file(fh.0) {
+        guard("fsync", || match self.handle_file(fh.0) {
             Ok((f, true)) => match sys::fsync(f.as_fd(), datasync) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(errno(err))),
             },
             Ok(_) => reply.ok(),
             Err(err) => reply.error(e(err)),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let res = self.u.node(ino.0).and_then(|n| {
-            if n.kind != EntryKind::Dir {
-                return Err(libc::ENOTDIR);
+        guard("opendir", || {
+            let res = self.u.node(ino.0).and_then(|n| {
+                if n.kind != EntryKind::Dir {
+                    return Err(libc::ENOTDIR);
+                }
+                let lower_only = n.state.read().lower_only();
+                self.u.listing(&n).map(|l| (l, lower_only))
+            });
+            match res {
+                Ok((list, lower_only)) => {
+                    let fh = self.new_fh(Handle::Dir { list });
+                    // A listing only from immutable lowers can stay in the kernel's
+                    // cache: every change goes through this mount, and the kernel
+                    // drops the cached listing when it changes the directory.
+                    let flags = if lower_only {
+                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags);
+                }
+                Err(err) => reply.error(e(err)),
             }
-            let lower_only = n.state.read().lower_only();
-            self.u.listing(&n).map(|l| (l, lower_only))
         });
-        match res {
-            Ok((list, lower_only)) => {
-                let fh = self.new_fh(Handle::Dir { list });
-                // A listing only from immutable lowers can stay in the kernel's
-                // cache: every change goes through this mount, and the kernel
-                // drops the cached listing when it changes the directory.
-                let flags = if lower_only {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags);
-            }
-            Err(err) => reply.error(e(err)),
-        }
     }
 
     fn readdir(
@@ -1266,12 +1314,14 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::Dir { list }) => list.clone(),
-            _ => return reply.error(Errno::EBADF),
-        };
-        self.fill_dir(&list, ino.0, offset, &mut reply);
-        reply.ok();
+        guard("readdir", || {
+            let list = match self.handles.get(&fh.0).as_deref() {
+                Some(Handle::Dir { list }) => list.clone(),
+                _ => return reply.error(Errno::EBADF),
+            };
+            self.fill_dir(&list, ino.0, offset, &mut reply);
+            reply.ok();
+        });
     }
 
     fn readdirplus(
@@ -1282,69 +1332,71 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::Dir { list }) => list.clone(),
-            _ => return reply.error(Errno::EBADF),
-        };
-        let dir = match self.u.node(ino.0) {
-            Ok(n) => n,
-            Err(err) => return reply.error(e(err)),
-        };
-        let mut idx = offset as usize;
-        while idx < list.len() + 2 {
-            let full = if idx < 2 {
-                let target = if idx == 0 {
-                    Some(dir.clone())
-                } else {
-                    dir.state
-                        .read()
-                        .parent
-                        .clone()
-                        .or_else(|| Some(dir.clone()))
-                };
-                match target.and_then(|t| self.u.attr_of(&t).ok()) {
-                    Some(a) => {
-                        // "." and ".." do not count as lookups: send them without attributes.
-                        let name = if idx == 0 { "." } else { ".." };
-                        let zero = LayerAttr { ino: a.ino, ..a };
-                        reply.add(
-                            INodeNo(a.ino),
-                            (idx + 1) as u64,
-                            name,
-                            &Duration::ZERO,
-                            &self.fattr(&zero),
-                            Generation(0),
-                        )
-                    }
-                    None => false,
-                }
-            } else {
-                let d = &list[idx - 2];
-                match self.u.resolve(&dir, &d.name) {
-                    Ok(Some((node, attr))) => {
-                        let ttl = self.ttl(&node, &attr);
-                        let full = reply.add(
-                            INodeNo(node.ino),
-                            (idx + 1) as u64,
-                            OsStr::from_bytes(&d.name),
-                            &ttl,
-                            &self.fattr(&attr),
-                            Generation(0),
-                        );
-                        if !full {
-                            node.lookups.fetch_add(1, Ordering::Relaxed);
-                        }
-                        full
-                    }
-                    _ => false,
-                }
+        guard("readdirplus", || {
+            let list = match self.handles.get(&fh.0).as_deref() {
+                Some(Handle::Dir { list }) => list.clone(),
+                _ => return reply.error(Errno::EBADF),
             };
-            if full {
-                break;
+            let dir = match self.u.node(ino.0) {
+                Ok(n) => n,
+                Err(err) => return reply.error(e(err)),
+            };
+            let mut idx = offset as usize;
+            while idx < list.len() + 2 {
+                let full = if idx < 2 {
+                    let target = if idx == 0 {
+                        Some(dir.clone())
+                    } else {
+                        dir.state
+                            .read()
+                            .parent
+                            .clone()
+                            .or_else(|| Some(dir.clone()))
+                    };
+                    match target.and_then(|t| self.u.attr_of(&t).ok()) {
+                        Some(a) => {
+                            // "." and ".." do not count as lookups: send them without attributes.
+                            let name = if idx == 0 { "." } else { ".." };
+                            let zero = LayerAttr { ino: a.ino, ..a };
+                            reply.add(
+                                INodeNo(a.ino),
+                                (idx + 1) as u64,
+                                name,
+                                &Duration::ZERO,
+                                &self.fattr(&zero),
+                                Generation(0),
+                            )
+                        }
+                        None => false,
+                    }
+                } else {
+                    let d = &list[idx - 2];
+                    match self.u.resolve(&dir, &d.name) {
+                        Ok(Some((node, attr))) => {
+                            let ttl = self.ttl(&node, &attr);
+                            let full = reply.add(
+                                INodeNo(node.ino),
+                                (idx + 1) as u64,
+                                OsStr::from_bytes(&d.name),
+                                &ttl,
+                                &self.fattr(&attr),
+                                Generation(0),
+                            );
+                            if !full {
+                                node.lookups.fetch_add(1, Ordering::Relaxed);
+                            }
+                            full
+                        }
+                        _ => false,
+                    }
+                };
+                if full {
+                    break;
+                }
+                idx += 1;
             }
-            idx += 1;
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(
@@ -1355,8 +1407,10 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(&fh.0);
-        reply.ok();
+        guard("releasedir", || {
+            self.handles.remove(&fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -1367,37 +1421,42 @@ impl Filesystem for UnionFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(fd) = self.u.node(ino.0).ok().and_then(|n| n.upper_dir()) {
-            if let Ok(f) = sys::open_at(fd.as_fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
-                let _ = sys::fsync(f.as_fd(), false);
+        guard("fsyncdir", || {
+            if let Some(fd) = self.u.node(ino.0).ok().and_then(|n| n.upper_dir()) {
+                if let Ok(f) = sys::open_at(fd.as_fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                {
+                    let _ = sys::fsync(f.as_fd(), false);
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let fd = match &self.u.upper {
-            Some(up) => up.root.clone(),
-            None => match self.u.node(ROOT_INO).ok().and_then(|n| n.upper_dir()) {
-                Some(fd) => fd,
-                None => {
-                    return reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
-                }
-            },
-        };
-        match sys::statvfs(fd.as_fd()) {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                255,
-                s.f_frsize as u32,
-            ),
-            Err(err) => reply.error(e(errno(err))),
-        }
+        guard("statfs", || {
+            let fd = match &self.u.upper {
+                Some(up) => up.root.clone(),
+                None => match self.u.node(ROOT_INO).ok().and_then(|n| n.upper_dir()) {
+                    Some(fd) => fd,
+                    None => {
+                        return reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
+                    }
+                },
+            };
+            match sys::statvfs(fd.as_fd()) {
+                Ok(s) => reply.statfs(
+                    s.f_blocks,
+                    s.f_bfree,
+                    s.f_bavail,
+                    s.f_files,
+                    s.f_ffree,
+                    s.f_bsize as u32,
+                    255,
+                    s.f_frsize as u32,
+                ),
+                Err(err) => reply.error(e(errno(err))),
+            }
+        });
     }
 
     fn setxattr(
@@ -1410,72 +1469,80 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.do_setxattr(ino.0, name.as_bytes(), Some(value), flags) {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("setxattr", || {
+            match self.do_setxattr(ino.0, name.as_bytes(), Some(value), flags) {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.do_getxattr(ino.0, name.as_bytes()) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-            Ok(v) => reply.data(&v),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("getxattr", || {
+            match self.do_getxattr(ino.0, name.as_bytes()) {
+                Ok(v) if size == 0 => reply.size(v.len() as u32),
+                Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+                Ok(v) => reply.data(&v),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.do_listxattr(ino.0) {
+        guard("listxattr", || match self.do_listxattr(ino.0) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
             Err(err) => reply.error(e(err)),
-        }
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_setxattr(ino.0, name.as_bytes(), None, 0) {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(e(err)),
-        }
+        guard("removexattr", || {
+            match self.do_setxattr(ino.0, name.as_bytes(), None, 0) {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(e(err)),
+            }
+        });
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let res = (|| -> Res<()> {
-            let node = self.u.node(ino.0)?;
-            let a = self.u.attr_of(&node)?;
-            let m = mask.bits();
-            if m == libc::F_OK {
-                return Ok(());
-            }
-            if m & libc::W_OK != 0 && self.u.upper.is_none() {
-                return Err(libc::EROFS);
-            }
-            if req.uid() == 0 {
-                if m & libc::X_OK != 0 && a.kind != EntryKind::Dir && a.perm & 0o111 == 0 {
+        guard("access", || {
+            let res = (|| -> Res<()> {
+                let node = self.u.node(ino.0)?;
+                let a = self.u.attr_of(&node)?;
+                let m = mask.bits();
+                if m == libc::F_OK {
+                    return Ok(());
+                }
+                if m & libc::W_OK != 0 && self.u.upper.is_none() {
+                    return Err(libc::EROFS);
+                }
+                if req.uid() == 0 {
+                    if m & libc::X_OK != 0 && a.kind != EntryKind::Dir && a.perm & 0o111 == 0 {
+                        return Err(libc::EACCES);
+                    }
+                    return Ok(());
+                }
+                let uid = self.u.opts.uids.to_view(a.uid);
+                let gid = self.u.opts.gids.to_view(a.gid);
+                let bits = if req.uid() == uid {
+                    (a.perm >> 6) & 7
+                } else if req.gid() == gid {
+                    (a.perm >> 3) & 7
+                } else {
+                    a.perm & 7
+                };
+                if (m as u32) & !bits & 7 != 0 {
                     return Err(libc::EACCES);
                 }
-                return Ok(());
+                Ok(())
+            })();
+            match res {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(e(err)),
             }
-            let uid = self.u.opts.uids.to_view(a.uid);
-            let gid = self.u.opts.gids.to_view(a.gid);
-            let bits = if req.uid() == uid {
-                (a.perm >> 6) & 7
-            } else if req.gid() == gid {
-                (a.perm >> 3) & 7
-            } else {
-                a.perm & 7
-            };
-            if (m as u32) & !bits & 7 != 0 {
-                return Err(libc::EACCES);
-            }
-            Ok(())
-        })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(e(err)),
-        }
+        });
     }
 
     fn create(
@@ -1488,78 +1555,80 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = name.as_bytes();
-        let res = (|| -> Res<(Arc<Node>, LayerAttr)> {
-            let (p, pfd, _) = self.prepare_create(parent.0, name)?;
-            let fd = sys::open_at(
-                pfd.as_fd(),
-                name,
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
-                mode & 0o7777,
-            )
-            .map_err(errno)?;
-            // Owner first: chown clears set-id bits.
-            self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
-            let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
-            drop(fd);
-            self.finish_create(&p, name)
-        })();
-        let (node, attr) = match res {
-            Ok(x) => x,
-            Err(err) => return reply.error(e(err)),
-        };
-        // Open it through the normal path, then convert the reply.
-        let st = node.snapshot();
-        let open = (|| -> Res<Arc<File>> {
-            let p = st.parent.clone().ok_or(libc::EIO)?;
-            let pfd = p.upper_dir().ok_or(libc::EIO)?;
-            let oflags = self.upper_open_flags(flags);
-            let fd =
-                sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0).map_err(errno)?;
-            Ok(Arc::new(File::from(fd)))
-        })();
-        let file = match open {
-            Ok(f) => f,
-            Err(err) => return reply.error(e(err)),
-        };
-        node.lookups.fetch_add(1, Ordering::Relaxed);
-        node.opens.fetch_add(1, Ordering::Relaxed);
-        let fattr = self.fattr(&attr);
-        if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 {
-            if let Ok(id) = reply.open_backing(file.as_fd()) {
-                let id = Arc::new(id);
-                *node.backing.lock() = Some(Backing {
-                    id: id.clone(),
-                    upper: true,
-                    refs: 1,
-                });
-                let fh = self.new_fh(Handle::File {
-                    node: node.clone(),
-                    file,
-                    upper: true,
-                    backing: true,
-                });
-                return reply.created_passthrough(
-                    &TTL_UPPER,
-                    &fattr,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                    &id,
-                );
+        guard("create", || {
+            let name = name.as_bytes();
+            let res = (|| -> Res<(Arc<Node>, LayerAttr)> {
+                let (p, pfd, _) = self.prepare_create(parent.0, name)?;
+                let fd = sys::open_at(
+                    pfd.as_fd(),
+                    name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    mode & 0o7777,
+                )
+                .map_err(errno)?;
+                // Owner first: chown clears set-id bits.
+                self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+                let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
+                drop(fd);
+                self.finish_create(&p, name)
+            })();
+            let (node, attr) = match res {
+                Ok(x) => x,
+                Err(err) => return reply.error(e(err)),
+            };
+            // Open it through the normal path, then convert the reply.
+            let st = node.snapshot();
+            let open = (|| -> Res<Arc<File>> {
+                let p = st.parent.clone().ok_or(libc::EIO)?;
+                let pfd = p.upper_dir().ok_or(libc::EIO)?;
+                let oflags = self.upper_open_flags(flags);
+                let fd = sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0)
+                    .map_err(errno)?;
+                Ok(Arc::new(File::from(fd)))
+            })();
+            let file = match open {
+                Ok(f) => f,
+                Err(err) => return reply.error(e(err)),
+            };
+            node.lookups.fetch_add(1, Ordering::Relaxed);
+            node.opens.fetch_add(1, Ordering::Relaxed);
+            let fattr = self.fattr(&attr);
+            if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 {
+                if let Ok(id) = reply.open_backing(file.as_fd()) {
+                    let id = Arc::new(id);
+                    *node.backing.lock() = Some(Backing {
+                        id: id.clone(),
+                        upper: true,
+                        refs: 1,
+                    });
+                    let fh = self.new_fh(Handle::File {
+                        node: node.clone(),
+                        file,
+                        upper: true,
+                        backing: true,
+                    });
+                    return reply.created_passthrough(
+                        &TTL_UPPER,
+                        &fattr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    );
+                }
             }
-        }
-        let fh = self.new_fh(Handle::File {
-            node: node.clone(),
-            file,
-            upper: true,
-            backing: false,
+            let fh = self.new_fh(Handle::File {
+                node: node.clone(),
+                file,
+                upper: true,
+                backing: false,
+            });
+            let mut fopen = FopenFlags::empty();
+            if flags & libc::O_DIRECT != 0 {
+                fopen |= FopenFlags::FOPEN_DIRECT_IO;
+            }
+            reply.created(&TTL_UPPER, &fattr, Generation(0), FileHandle(fh), fopen);
         });
-        let mut fopen = FopenFlags::empty();
-        if flags & libc::O_DIRECT != 0 {
-            fopen |= FopenFlags::FOPEN_DIRECT_IO;
-        }
-        reply.created(&TTL_UPPER, &fattr, Generation(0), FileHandle(fh), fopen);
     }
 
     fn ioctl(
@@ -1573,7 +1642,9 @@ impl Filesystem for UnionFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTTY));
+        guard("ioctl", || {
+            reply.error(Errno::from_i32(libc::ENOTTY));
+        });
     }
 
     fn fallocate(
@@ -1586,14 +1657,14 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.handle_file(fh.0) {
+        guard("fallocate", || match self.handle_file(fh.0) {
             Ok((f, true)) => match sys::fallocate(f.as_fd(), mode, offset, length) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(errno(err))),
             },
             Ok(_) => reply.error(Errno::EBADF),
             Err(err) => reply.error(e(err)),
-        }
+        });
     }
 
     fn lseek(
@@ -1605,7 +1676,7 @@ impl Filesystem for UnionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.handles.get(&fh.0).as_deref() {
+        guard("lseek", || match self.handles.get(&fh.0).as_deref() {
             Some(Handle::File { file, .. }) => match sys::lseek(file.as_fd(), offset, whence) {
                 Ok(o) => reply.offset(o),
                 Err(err) => reply.error(e(errno(err))),
@@ -1621,7 +1692,7 @@ impl Filesystem for UnionFs {
                 }
             }
             _ => reply.error(Errno::EBADF),
-        }
+        });
     }
 
     fn copy_file_range(
@@ -1637,21 +1708,50 @@ impl Filesystem for UnionFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let src = match self.handle_file(fh_in.0) {
-            Ok((f, _)) => f,
-            Err(err) => return reply.error(e(err)),
-        };
-        let dst = match self.handle_file(fh_out.0) {
-            Ok((f, true)) => f,
-            Ok(_) => return reply.error(Errno::EBADF),
-            Err(err) => return reply.error(e(err)),
-        };
-        let mut oi = offset_in as i64;
-        let mut oo = offset_out as i64;
-        let want = len.min(1 << 30) as usize;
-        match sys::copy_file_range(src.as_fd(), &mut oi, dst.as_fd(), &mut oo, want) {
-            Ok(n) => reply.written(n as u32),
-            Err(err) => reply.error(e(errno(err))),
+        guard("copy_file_range", || {
+            let src = match self.handle_file(fh_in.0) {
+                Ok((f, _)) => f,
+                Err(err) => return reply.error(e(err)),
+            };
+            let dst = match self.handle_file(fh_out.0) {
+                Ok((f, true)) => f,
+                Ok(_) => return reply.error(Errno::EBADF),
+                Err(err) => return reply.error(e(err)),
+            };
+            let mut oi = offset_in as i64;
+            let mut oo = offset_out as i64;
+            let want = len.min(1 << 30) as usize;
+            match sys::copy_file_range(src.as_fd(), &mut oi, dst.as_fd(), &mut oo, want) {
+                Ok(n) => reply.written(n as u32),
+                Err(err) => reply.error(e(errno(err))),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guard;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_panicking_handler_is_contained_and_its_captures_dropped() {
+        struct Flag<'a>(&'a AtomicBool);
+        impl Drop for Flag<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
         }
+        let dropped = AtomicBool::new(false);
+        let reply = Flag(&dropped);
+        guard("test", move || {
+            let _keep = reply;
+            panic!("boom");
+        });
+        // The stand-in for the unsent reply was dropped (fuser then answers EIO).
+        assert!(dropped.load(Ordering::SeqCst));
+        let mut ran = false;
+        guard("test", || ran = true);
+        assert!(ran);
     }
 }
