@@ -252,8 +252,15 @@ fn run_hook(h: &Hook, input: &[u8]) -> Result<()> {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("starting the hook")?;
     if let Some(mut stdin) = child.stdin.take() {
-        // A hook that ignores its stdin may close it early: not an error.
+        // A hook that ignores its stdin may close it early: not an error,
+        // and no reason to die of SIGPIPE (main sets it to the default
+        // action), so ignore it around the write only: the hook was
+        // spawned before and keeps the default.
+        use nix::sys::signal::{SigHandler, Signal};
+        crate::sys::set_signal(Signal::SIGPIPE, SigHandler::SigIgn);
         let _ = stdin.write_all(input);
+        drop(stdin);
+        crate::sys::set_signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
     let timeout = h.timeout().filter(|t| *t > 0).map(|t| t as u64);
     let started = std::time::Instant::now();
