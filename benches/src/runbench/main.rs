@@ -487,6 +487,7 @@ struct RowResult {
 /// The JSON report.
 #[derive(Debug, Serialize)]
 struct Report {
+    /// When the timed runs started.
     date_utc: String,
     runs: usize,
     warmups: usize,
@@ -538,6 +539,7 @@ fn real_main() -> Result<()> {
         ],
     };
     let prep = Prepared::new(&args, strata, &rows)?;
+    let date_utc = first_line(Path::new("date"), &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
 
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(args.runs); rows.len()];
     let total = args.warmups + args.runs;
@@ -586,7 +588,7 @@ fn real_main() -> Result<()> {
         })
         .collect();
     let report = Report {
-        date_utc: first_line(Path::new("date"), &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        date_utc,
         runs: args.runs,
         warmups: args.warmups,
         machine,
@@ -661,7 +663,7 @@ fn markdown(r: &Report) -> String {
     let m = &r.machine;
     let load = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.2}"));
     s.push_str(&format!(
-        "\n{} timed runs per row after {} warm-ups, interleaved; {}; {}; {} CPUs; \
+        "\n{} timed runs per row after {} warm-ups, interleaved; started {}; {}; {} CPUs; \
 1-min load average {} at start, {} at most, {} at end{}.\n{}\n",
         r.runs,
         r.warmups,
