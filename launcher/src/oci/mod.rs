@@ -214,6 +214,52 @@ pub fn cgroup_manager(rel: &Path) -> Box<dyn CgroupManager> {
     }
 }
 
+/// The `linux.resources.memory` settings strata's [`Resources`] has no
+/// field for (reservation, swappiness, disableOOMKiller), written straight
+/// into the container's memory cgroup as runc does. On cgroup v2 only the
+/// reservation exists (`memory.low`); the other two have no v2 file and
+/// are left alone there, as runc does.
+pub fn apply_memory_extras(spec: &Spec, rel: &Path) -> Result<()> {
+    let Some(m) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+    else {
+        return Ok(());
+    };
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let write = |dir: &Path, file: &str, value: String| -> Result<()> {
+        let path = dir.join(file);
+        std::fs::write(&path, &value)
+            .with_context(|| format!("writing {value} to {}", path.display()))
+    };
+    match cgroup::detect() {
+        cgroup::Mode::Unified => {
+            if let Some(r) = m.reservation().filter(|r| *r > 0) {
+                write(&root.join(rel), "memory.low", r.to_string())?;
+            }
+        }
+        cgroup::Mode::Hybrid | cgroup::Mode::Legacy => {
+            let dir = root.join("memory").join(rel);
+            if let Some(r) = m.reservation().filter(|r| *r != 0) {
+                write(&dir, "memory.soft_limit_in_bytes", r.to_string())?;
+            }
+            if let Some(sw) = m.swappiness() {
+                if sw > 100 {
+                    bail!("linux.resources.memory.swappiness {sw} is out of range (0-100)");
+                }
+                write(&dir, "memory.swappiness", sw.to_string())?;
+            }
+            if m.disable_oom_killer() == Some(true) {
+                write(&dir, "memory.oom_control", "1".into())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Load and check a bundle's config.json.
 pub fn load_spec(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");

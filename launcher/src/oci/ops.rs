@@ -132,6 +132,8 @@ fn create_in(
             handle.saved.cgroup = Some(rel.clone());
             cg.create(&resources(spec))
                 .with_context(|| format!("setting up cgroup {}", rel.display()))?;
+            super::apply_memory_extras(spec, &rel)
+                .with_context(|| format!("setting up cgroup {}", rel.display()))?;
             cg.add_process(pid.as_raw())?;
         }
         handle.save()?;
