@@ -230,6 +230,26 @@ fn open_console(sock: &Path) -> Result<OwnedFd> {
     Ok(pty.slave)
 }
 
+/// Wait (at most 2 s) until the container's init has replaced itself with
+/// the user's program, so that `start` returns with the command running as
+/// runc's does (the init does its last steps after the exec fifo): a
+/// signal sent right after `start` then reaches the program, not the
+/// init. The init runs this same binary until its exec; a program that is
+/// this binary too just costs the full wait.
+fn wait_for_exec(pid: i32) {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let Ok(me) = id("/proc/self/exe") else { return };
+    let exe = format!("/proc/{pid}/exe");
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        match id(&exe) {
+            Ok(x) if x == me => std::thread::sleep(Duration::from_millis(1)),
+            _ => return,
+        }
+    }
+}
+
 /// Let a created container exec its process.
 pub fn start(root: &Path, id: &str) -> Result<()> {
     let h = Handle::load(root, id)?;
@@ -261,6 +281,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     fs::remove_file(&fifo).with_context(|| format!("removing {}", fifo.display()))?;
+    wait_for_exec(h.saved.pid);
     let hooks = h.saved.hooks.as_ref();
     if let Err(e) = run_hooks(
         "poststart",
