@@ -135,16 +135,7 @@ fn run() -> Result<process::ExecFailure> {
         nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("joining {}", ns.display()))?;
     }
-    if cfg.cgroupns {
-        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-            .context("creating the cgroup namespace")?;
-    }
-    if let Some(h) = &cfg.hostname {
-        nix::unistd::sethostname(h).with_context(|| format!("setting the host name {h}"))?;
-    }
-    if cfg.own_netns {
-        sys::loopback_up().context("bringing up lo")?;
-    }
+    crate::init::namespace_basics(cfg.cgroupns, cfg.hostname.as_deref(), cfg.own_netns)?;
     rootfs::setup(&cfg.plan)?;
     nix::unistd::setsid().context("setsid")?;
     if let Some(console) = &cfg.console {
@@ -297,4 +288,25 @@ fn reap(cfg: &InitConfig) -> Result<process::ExecFailure> {
             let _ = nix::sys::signal::kill(child, sig);
         }
     }
+}
+
+/// The steps every container init takes once its namespaces exist: a
+/// cgroup namespace of its own (`cgroupns`), the host name, and lo up in
+/// a network namespace of its own. Shared by `strata run` and `strata oci`.
+pub(crate) fn namespace_basics(
+    cgroupns: bool,
+    hostname: Option<&str>,
+    own_netns: bool,
+) -> Result<()> {
+    if cgroupns {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .context("creating the cgroup namespace")?;
+    }
+    if let Some(h) = hostname {
+        nix::unistd::sethostname(h).with_context(|| format!("setting the host name {h}"))?;
+    }
+    if own_netns {
+        sys::loopback_up().context("bringing up lo")?;
+    }
+    Ok(())
 }

@@ -97,16 +97,7 @@ fn setup() -> Result<(OwnedFd, ProcessSpec)> {
         nix::sched::setns(f.as_fd(), CloneFlags::empty())
             .with_context(|| format!("joining the {kind} namespace {}", path.display()))?;
     }
-    if cfg.cgroupns {
-        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-            .context("creating the cgroup namespace")?;
-    }
-    if let Some(h) = &cfg.hostname {
-        nix::unistd::sethostname(h).with_context(|| format!("setting the host name {h}"))?;
-    }
-    if cfg.own_netns {
-        sys::loopback_up().context("bringing up lo")?;
-    }
+    crate::init::namespace_basics(cfg.cgroupns, cfg.hostname.as_deref(), cfg.own_netns)?;
     // The fifo lives in the host's state dir: hold it across pivot_root.
     let fifo = nix::fcntl::open(
         &cfg.fifo,
