@@ -134,6 +134,7 @@ fn check_new_name(name: &[u8]) -> Res<()> {
 impl UnionFs {
     /// Wraps a union for FUSE.
     pub fn new(u: Arc<Union>, tuning: FsTuning) -> UnionFs {
+        opstats_init();
         UnionFs {
             u,
             handles: DashMap::new(),
@@ -894,10 +895,42 @@ impl UnionFs {
     }
 }
 
+/// Per-operation request counts, kept only when `UNIONFS_OPSTATS=FILE` is
+/// set (see [`opstats_init`]): a tool for finding round trips to remove.
+static OPSTATS: std::sync::OnceLock<DashMap<&'static str, u64>> = std::sync::OnceLock::new();
+
+/// Starts counting requests per operation if `UNIONFS_OPSTATS` names a
+/// file; [`opstats_write`] writes the counts there at unmount.
+pub(crate) fn opstats_init() {
+    if std::env::var_os("UNIONFS_OPSTATS").is_some() {
+        let _ = OPSTATS.set(DashMap::new());
+    }
+}
+
+/// Writes the request counts to the `UNIONFS_OPSTATS` file, one
+/// `op count` line each, most frequent first.
+pub(crate) fn opstats_write() {
+    let (Some(stats), Some(path)) = (OPSTATS.get(), std::env::var_os("UNIONFS_OPSTATS")) else {
+        return;
+    };
+    let mut v: Vec<(&str, u64)> = stats.iter().map(|e| (*e.key(), *e.value())).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    let text: String = v.iter().map(|(op, n)| format!("{op} {n}\n")).collect();
+    if let Err(err) = std::fs::write(&path, text) {
+        tracing::warn!(
+            "writing request counts to {}: {err}",
+            Path::new(&path).display()
+        );
+    }
+}
+
 /// Runs one request handler; a panic in it is logged and the request
 /// answered EIO (the unsent reply does that when dropped during unwinding),
 /// so one bad request does not take a worker thread, or the mount, down.
 fn guard(op: &'static str, f: impl FnOnce()) {
+    if let Some(stats) = OPSTATS.get() {
+        *stats.entry(op).or_insert(0) += 1;
+    }
     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         let msg = p
             .downcast_ref::<&str>()
@@ -909,6 +942,10 @@ fn guard(op: &'static str, f: impl FnOnce()) {
 }
 
 impl Filesystem for UnionFs {
+    fn destroy(&mut self) {
+        opstats_write();
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
         // Always readdirplus (no FUSE_READDIRPLUS_AUTO): with the adaptive
