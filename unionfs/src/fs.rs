@@ -914,7 +914,7 @@ pub(crate) fn opstats_write() {
         return;
     };
     let mut v: Vec<(&str, u64)> = stats.iter().map(|e| (*e.key(), *e.value())).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     let text: String = v.iter().map(|(op, n)| format!("{op} {n}\n")).collect();
     if let Err(err) = std::fs::write(&path, text) {
         tracing::warn!(
