@@ -9,27 +9,28 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::inode::{Backing, Node, UpperRef, ROOT_INO};
 use crate::layer::{is_private_xattr, EntryKind, LayerAttr, LayerData};
 use crate::sys::{self, Time};
-use crate::union::{errno, DirEnt, Res, Union};
+use crate::union::{errno, DirEnt, Listing, Res, Union};
 use crate::whiteout;
 
 /// TTL for entries that come only from immutable lowers.
@@ -47,9 +48,6 @@ enum Handle {
     Inline {
         data: Arc<[u8]>,
     },
-    Dir {
-        list: Arc<Vec<DirEnt>>,
-    },
 }
 
 /// Speed-related switches.
@@ -63,6 +61,15 @@ pub struct FsTuning {
     pub posix_acl: bool,
 }
 
+/// Names the kernel was given for a non-directory with more than one link.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LinkNames {
+    /// Only this one so far: (parent inode, hash of the name).
+    One(u64, u64),
+    /// Several.
+    Many,
+}
+
 /// The FUSE filesystem.
 pub struct UnionFs {
     u: Arc<Union>,
@@ -71,6 +78,13 @@ pub struct UnionFs {
     tuning: FsTuning,
     passthrough: AtomicBool,
     writeback: AtomicBool,
+    /// Per hard-linked node (by inode number, while the kernel knows it):
+    /// the names it was shown under (see [`UnionFs::entry_ttl`]).
+    link_names: DashMap<u64, LinkNames>,
+    /// Key of the name hashes in `link_names`.
+    name_key: RandomState,
+    /// Sends cache invalidations to the kernel; set once the session exists.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 fn to_time((s, ns): (i64, i64)) -> SystemTime {
@@ -142,7 +156,16 @@ impl UnionFs {
             tuning,
             passthrough: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
+            link_names: DashMap::new(),
+            name_key: RandomState::new(),
+            notifier: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Where the mount code puts the session's [`Notifier`], once the
+    /// session exists (the filesystem is moved into it before that).
+    pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     fn fattr(&self, a: &LayerAttr) -> FileAttr {
@@ -165,11 +188,12 @@ impl UnionFs {
         }
     }
 
+    /// Kernel cache lifetime of the attributes of `node`.
     fn ttl(&self, node: &Node, attr: &LayerAttr) -> Duration {
-        if node.kind != EntryKind::Dir && attr.nlink > 1 {
-            // A hard-linked file: which name a later setattr or write-open
-            // means (and so copies up) is the last one the kernel looked up,
-            // so the kernel must look every path up again.
+        if node.kind != EntryKind::Dir
+            && attr.nlink > 1
+            && self.link_names.get(&node.ino).as_deref() == Some(&LinkNames::Many)
+        {
             Duration::ZERO
         } else if node.state.read().lower_only() {
             TTL_LOWER
@@ -178,9 +202,95 @@ impl UnionFs {
         }
     }
 
-    fn reply_entry(&self, node: &Arc<Node>, attr: &LayerAttr, reply: ReplyEntry) {
+    /// Kernel cache lifetime of the entry `parent/name` for `node` (and of
+    /// its attributes), recording the name of a hard-linked node.
+    ///
+    /// Which name of a hard-linked file a later setattr or write-open means
+    /// (and so copies up) is the last one the kernel looked up, so once the
+    /// kernel knows two names of one node it must look every path up again:
+    /// such entries get no cache lifetime, and the first name's entry,
+    /// given out with a long one, is invalidated. A node shown under one
+    /// name only (the usual case: a lower file whose other links are in
+    /// other layers or outside the union) keeps the long lifetimes.
+    fn entry_ttl(&self, parent: u64, name: &[u8], node: &Node, attr: &LayerAttr) -> Duration {
+        if node.kind == EntryKind::Dir || attr.nlink <= 1 {
+            return self.ttl(node, attr);
+        }
+        let this = LinkNames::One(parent, self.name_key.hash_one(name));
+        let first = match self.link_names.entry(node.ino) {
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                v.insert(this);
+                None
+            }
+            dashmap::mapref::entry::Entry::Occupied(mut o) => match *o.get() {
+                LinkNames::Many => return Duration::ZERO,
+                seen if seen == this => None,
+                LinkNames::One(first_parent, _) => {
+                    o.insert(LinkNames::Many);
+                    Some(first_parent)
+                }
+            },
+        };
+        match first {
+            None => self.ttl(node, attr),
+            Some(first_parent) => {
+                self.invalidate_names_later(first_parent, node.ino, (parent, name));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Asks the kernel, from another thread (the caller may hold the
+    /// directory's lock through its request), to drop its entries of
+    /// `parent` that name `ino`, except `keep`.
+    fn invalidate_names_later(&self, parent: u64, ino: u64, keep: (u64, &[u8])) {
+        let Some(notifier) = self.notifier.get().cloned() else {
+            return;
+        };
+        let Ok(list) = self.u.node(parent).and_then(|p| self.u.listing(&p)) else {
+            return;
+        };
+        let names: Vec<Vec<u8>> = list
+            .iter()
+            .filter(|d| d.ino == ino && (parent, d.name.as_slice()) != keep)
+            .map(|d| d.name.clone())
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("unionfs-inval".into())
+            .spawn(move || {
+                for name in names {
+                    // ENOENT: the kernel no longer has that entry.
+                    let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::warn!("starting a thread to invalidate kernel entries: {err}");
+        }
+    }
+
+    /// Drops the kernel's cached listing of directory `ino` (now under
+    /// another parent: its `..` changed). Called before the rename is
+    /// answered; an inode invalidation takes no lock the request holds.
+    fn invalidate_listing(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            // ENOENT: the kernel has no inode (so no listing) for it.
+            let _ = n.inval_inode(INodeNo(ino), 0, 0);
+        }
+    }
+
+    fn reply_entry(
+        &self,
+        parent: u64,
+        name: &[u8],
+        node: &Arc<Node>,
+        attr: &LayerAttr,
+        reply: ReplyEntry,
+    ) {
         node.lookups.fetch_add(1, Ordering::Relaxed);
-        let ttl = self.ttl(node, attr);
+        let ttl = self.entry_ttl(parent, name, node, attr);
         reply.entry(&ttl, &self.fattr(attr), Generation(0));
     }
 
@@ -601,6 +711,17 @@ impl UnionFs {
         }
         self.u.invalidate_dir(op.ino);
         self.u.invalidate_dir(np.ino);
+        if op.ino != np.ino {
+            // A directory that moved has a new `..`.
+            if src.kind == EntryKind::Dir {
+                self.invalidate_listing(src.ino);
+            }
+            if let (true, Some((d, _))) = (exchange, &dst) {
+                if d.kind == EntryKind::Dir {
+                    self.invalidate_listing(d.ino);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -865,34 +986,55 @@ impl UnionFs {
         }
     }
 
-    fn fill_dir(&self, list: &[DirEnt], ino: u64, offset: u64, reply: &mut ReplyDirectory) {
-        let parent_ino = self
-            .u
-            .node(ino)
-            .ok()
-            .and_then(|n| n.state.read().parent.as_ref().map(|p| p.ino))
-            .unwrap_or(ROOT_INO);
-        let mut idx = offset as usize;
-        while idx < list.len() + 2 {
-            let full = match idx {
-                0 => reply.add(INodeNo(ino), 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent_ino), 2, FileType::Directory, ".."),
-                i => {
-                    let d = &list[i - 2];
-                    reply.add(
-                        INodeNo(d.ino),
-                        (i + 1) as u64,
-                        ftype(d.kind),
-                        OsStr::from_bytes(&d.name),
-                    )
+    fn fill_dir(&self, dir: &Node, list: &Listing, offset: u64, reply: &mut ReplyDirectory) {
+        for (pos, slot) in slots(list, offset) {
+            let full = match slot {
+                Slot::Dot => reply.add(INodeNo(dir.ino), pos, FileType::Directory, "."),
+                Slot::DotDot => {
+                    let parent = dir.state.read().parent.as_ref().map(|p| p.ino);
+                    let parent = parent.unwrap_or(ROOT_INO);
+                    reply.add(INodeNo(parent), pos, FileType::Directory, "..")
                 }
+                Slot::Entry(d) => reply.add(
+                    INodeNo(d.ino),
+                    pos,
+                    ftype(d.kind),
+                    OsStr::from_bytes(&d.name),
+                ),
             };
             if full {
                 break;
             }
-            idx += 1;
         }
     }
+
+    /// The directory `ino` and its merged listing, for READDIR(PLUS). There
+    /// is no per-open state: OPENDIR is not implemented (see `opendir`).
+    fn dir_listing(&self, ino: u64) -> Res<(Arc<Node>, Arc<Listing>)> {
+        let node = self.u.node(ino)?;
+        if node.kind != EntryKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        let list = self.u.listing(&node)?;
+        Ok((node, list))
+    }
+}
+
+/// One place in a directory stream.
+enum Slot<'a> {
+    Dot,
+    DotDot,
+    Entry(&'a DirEnt),
+}
+
+/// The places of a directory stream after readdir position `offset`, each
+/// with the position that follows it: `.` is 1, `..` is 2, entries have
+/// their listing cookies (see [`Listing`]).
+fn slots(list: &Listing, offset: u64) -> impl Iterator<Item = (u64, Slot<'_>)> + '_ {
+    [(1, Slot::Dot), (2, Slot::DotDot)]
+        .into_iter()
+        .filter(move |(pos, _)| *pos > offset)
+        .chain(list.after(offset).map(|(pos, d)| (pos, Slot::Entry(d))))
 }
 
 /// Per-operation request counts, kept only when `UNIONFS_OPSTATS=FILE` is
@@ -988,7 +1130,7 @@ impl Filesystem for UnionFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guard("lookup", || match self.child(parent.0, name.as_bytes()) {
-            Ok((_, n, a)) => self.reply_entry(&n, &a, reply),
+            Ok((_, n, a)) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
             Err(err) => reply.error(e(err)),
         });
     }
@@ -1011,9 +1153,13 @@ impl Filesystem for UnionFs {
                 None => false,
             };
             if remove {
-                self.u.nodes.remove_if(&ino.0, |_, n| {
+                let removed = self.u.nodes.remove_if(&ino.0, |_, n| {
                     n.lookups.load(Ordering::Relaxed) == 0 && n.opens.load(Ordering::Relaxed) == 0
                 });
+                if removed.is_some() {
+                    // The kernel has no entry for it left.
+                    self.link_names.remove(&ino.0);
+                }
             }
         });
     }
@@ -1100,7 +1246,7 @@ impl Filesystem for UnionFs {
     ) {
         guard("mknod", || {
             match self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev as u64) {
-                Ok((n, a)) => self.reply_entry(&n, &a, reply),
+                Ok((n, a)) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
                 Err(err) => reply.error(e(err)),
             }
         });
@@ -1117,7 +1263,7 @@ impl Filesystem for UnionFs {
     ) {
         guard("mkdir", || {
             match self.do_mkdir(req, parent.0, name.as_bytes(), mode) {
-                Ok((n, a)) => self.reply_entry(&n, &a, reply),
+                Ok((n, a)) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
                 Err(err) => reply.error(e(err)),
             }
         });
@@ -1156,7 +1302,7 @@ impl Filesystem for UnionFs {
                 link_name.as_bytes(),
                 target.as_os_str().as_bytes(),
             ) {
-                Ok((n, a)) => self.reply_entry(&n, &a, reply),
+                Ok((n, a)) => self.reply_entry(parent.0, link_name.as_bytes(), &n, &a, reply),
                 Err(err) => reply.error(e(err)),
             }
         });
@@ -1196,7 +1342,7 @@ impl Filesystem for UnionFs {
     ) {
         guard("link", || {
             match self.do_link(ino.0, newparent.0, newname.as_bytes()) {
-                Ok((n, a)) => self.reply_entry(&n, &a, reply),
+                Ok((n, a)) => self.reply_entry(newparent.0, newname.as_bytes(), &n, &a, reply),
                 Err(err) => reply.error(e(err)),
             }
         });
@@ -1316,47 +1462,32 @@ impl Filesystem for UnionFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        guard("opendir", || {
-            let res = self.u.node(ino.0).and_then(|n| {
-                if n.kind != EntryKind::Dir {
-                    return Err(libc::ENOTDIR);
-                }
-                let lower_only = n.state.read().lower_only();
-                self.u.listing(&n).map(|l| (l, lower_only))
-            });
-            match res {
-                Ok((list, lower_only)) => {
-                    let fh = self.new_fh(Handle::Dir { list });
-                    // A listing only from immutable lowers can stay in the kernel's
-                    // cache: every change goes through this mount, and the kernel
-                    // drops the cached listing when it changes the directory.
-                    let flags = if lower_only {
-                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(fh), flags);
-                }
-                Err(err) => reply.error(e(err)),
-            }
-        });
+    /// Not implemented, on purpose: after one ENOSYS the kernel sends no
+    /// OPENDIR/RELEASEDIR for any directory (two round trips fewer per
+    /// directory read), opens every directory with `FOPEN_KEEP_CACHE |
+    /// FOPEN_CACHE_DIR` and READDIR(PLUS) carries no handle. The kernel's
+    /// cached listing is dropped when this mount changes the directory
+    /// (create, mkdir, unlink, rename, link... bump its version) and, for a
+    /// directory moved elsewhere, by an inode notification (its `..`).
+    /// Readdir positions are stateless (see [`Listing`]).
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        guard("opendir", || reply.error(Errno::ENOSYS));
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         guard("readdir", || {
-            let list = match self.handles.get(&fh.0).as_deref() {
-                Some(Handle::Dir { list }) => list.clone(),
-                _ => return reply.error(Errno::EBADF),
+            let (dir, list) = match self.dir_listing(ino.0) {
+                Ok(x) => x,
+                Err(err) => return reply.error(e(err)),
             };
-            self.fill_dir(&list, ino.0, offset, &mut reply);
+            self.fill_dir(&dir, &list, offset, &mut reply);
             reply.ok();
         });
     }
@@ -1365,55 +1496,48 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         guard("readdirplus", || {
-            let list = match self.handles.get(&fh.0).as_deref() {
-                Some(Handle::Dir { list }) => list.clone(),
-                _ => return reply.error(Errno::EBADF),
-            };
-            let dir = match self.u.node(ino.0) {
-                Ok(n) => n,
+            let (dir, list) = match self.dir_listing(ino.0) {
+                Ok(x) => x,
                 Err(err) => return reply.error(e(err)),
             };
-            let mut idx = offset as usize;
-            while idx < list.len() + 2 {
-                let full = if idx < 2 {
-                    let target = if idx == 0 {
-                        Some(dir.clone())
-                    } else {
-                        dir.state
-                            .read()
-                            .parent
-                            .clone()
-                            .or_else(|| Some(dir.clone()))
-                    };
-                    match target.and_then(|t| self.u.attr_of(&t).ok()) {
-                        Some(a) => {
-                            // "." and ".." do not count as lookups: send them without attributes.
-                            let name = if idx == 0 { "." } else { ".." };
-                            let zero = LayerAttr { ino: a.ino, ..a };
-                            reply.add(
+            for (pos, slot) in slots(&list, offset) {
+                let full = match slot {
+                    Slot::Dot | Slot::DotDot => {
+                        let dot = matches!(slot, Slot::Dot);
+                        let target = if dot {
+                            dir.clone()
+                        } else {
+                            dir.state
+                                .read()
+                                .parent
+                                .clone()
+                                .unwrap_or_else(|| dir.clone())
+                        };
+                        match self.u.attr_of(&target) {
+                            // "." and ".." do not count as lookups: the kernel
+                            // skips their attributes.
+                            Ok(a) => reply.add(
                                 INodeNo(a.ino),
-                                (idx + 1) as u64,
-                                name,
+                                pos,
+                                if dot { "." } else { ".." },
                                 &Duration::ZERO,
-                                &self.fattr(&zero),
+                                &self.fattr(&a),
                                 Generation(0),
-                            )
+                            ),
+                            Err(_) => false,
                         }
-                        None => false,
                     }
-                } else {
-                    let d = &list[idx - 2];
-                    match self.u.resolve(&dir, &d.name) {
+                    Slot::Entry(d) => match self.u.resolve(&dir, &d.name) {
                         Ok(Some((node, attr))) => {
-                            let ttl = self.ttl(&node, &attr);
+                            let ttl = self.entry_ttl(dir.ino, &d.name, &node, &attr);
                             let full = reply.add(
                                 INodeNo(node.ino),
-                                (idx + 1) as u64,
+                                pos,
                                 OsStr::from_bytes(&d.name),
                                 &ttl,
                                 &self.fattr(&attr),
@@ -1424,28 +1548,14 @@ impl Filesystem for UnionFs {
                             }
                             full
                         }
+                        // Gone since the listing was made: skip it.
                         _ => false,
-                    }
+                    },
                 };
                 if full {
                     break;
                 }
-                idx += 1;
             }
-            reply.ok();
-        });
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        guard("releasedir", || {
-            self.handles.remove(&fh.0);
             reply.ok();
         });
     }

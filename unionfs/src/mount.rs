@@ -300,11 +300,15 @@ fn connect(
     mountpoint: &Path,
 ) -> Result<(fuser::Session<UnionFs>, Arc<KernelMount>), Error> {
     let (fs, config, kopts) = prepare(cfg)?;
+    let notifier = fs.notifier_slot();
     let (fd, km) = kmount::mount(mountpoint, &kopts)
         .map_err(io_err(format!("mounting at {}", mountpoint.display())))?;
     let km = Arc::new(km);
     match fuser::Session::from_fd(fs, fd, acl(cfg), config) {
-        Ok(s) => Ok((s, km)),
+        Ok(s) => {
+            let _ = notifier.set(s.notifier());
+            Ok((s, km))
+        }
         Err(e) => {
             let _ = km.unmount(true);
             Err(io_err(format!("mounting at {}", mountpoint.display()))(e))

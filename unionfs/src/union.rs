@@ -3,6 +3,7 @@
 //! `fs.rs` calls into this.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -58,6 +59,66 @@ pub struct DirEnt {
     pub ino: u64,
     /// Kind.
     pub kind: EntryKind,
+}
+
+/// readdir position of the first listing entry: positions 1 and 2 are
+/// `.` and `..`, 0 is the start.
+pub const FIRST_COOKIE: u64 = 3;
+
+/// A merged directory listing in readdir order, with the readdir position
+/// ("cookie") after each entry.
+///
+/// Cookies come from a keyed hash of the name and entries are sorted by
+/// them, so an entry keeps its position however other entries come and go:
+/// a reader that continues from a saved position in a listing computed
+/// after changes gets every entry that was neither added nor removed
+/// meanwhile exactly once, with no per-reader state in the daemon. Two
+/// names with the same hash (62 bits, random key per mount) are told apart
+/// by bumping the later cookie.
+pub struct Listing {
+    entries: Vec<DirEnt>,
+    cookies: Vec<u64>,
+}
+
+impl Listing {
+    fn new(entries: Vec<DirEnt>, hasher: &RandomState) -> Listing {
+        let mut keyed: Vec<(u64, DirEnt)> = entries
+            .into_iter()
+            .map(|d| (FIRST_COOKIE + (hasher.hash_one(&d.name) >> 2), d))
+            .collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        let mut cookies = Vec::with_capacity(keyed.len());
+        let mut out = Vec::with_capacity(keyed.len());
+        let mut last = 0;
+        for (c, d) in keyed {
+            // Below 2^62 + 3 + len: never near the sign bit of a file offset.
+            let c = c.max(last + 1);
+            cookies.push(c);
+            out.push(d);
+            last = c;
+        }
+        Listing {
+            entries: out,
+            cookies,
+        }
+    }
+
+    /// The entries after readdir position `pos`, each with its own position.
+    pub fn after(&self, pos: u64) -> impl Iterator<Item = (u64, &DirEnt)> + '_ {
+        let start = self.cookies.partition_point(|&c| c <= pos);
+        self.cookies[start..]
+            .iter()
+            .copied()
+            .zip(&self.entries[start..])
+    }
+}
+
+impl std::ops::Deref for Listing {
+    type Target = [DirEnt];
+
+    fn deref(&self) -> &[DirEnt] {
+        &self.entries
+    }
 }
 
 /// Id mapping between what the mount shows and what is stored on disk.
@@ -126,7 +187,9 @@ pub struct Union {
     /// Inode number allocation.
     pub inos: InoMap,
     /// Merged directory listings.
-    dir_cache: Mutex<lru::LruCache<u64, Arc<Vec<DirEnt>>>>,
+    dir_cache: Mutex<lru::LruCache<u64, Arc<Listing>>>,
+    /// Key of the name hash that orders listings (see [`Listing`]).
+    cookie_key: RandomState,
     /// Link counts of lower hard-link groups once one of their names was
     /// copied up, linked or removed: names still only in the lower count
     /// too, as with overlayfs's `index=on` (by union inode number).
@@ -180,6 +243,7 @@ impl Union {
             nodes,
             inos: InoMap::default(),
             dir_cache: Mutex::new(lru::LruCache::new(cap)),
+            cookie_key: RandomState::new(),
             group_links: DashMap::new(),
             opts,
             privileged: sys::euid() == 0,
@@ -633,8 +697,8 @@ impl Union {
         self.dir_cache.lock().pop(&ino);
     }
 
-    /// The merged listing of directory `node` (cached).
-    pub fn listing(&self, node: &Arc<Node>) -> Res<Arc<Vec<DirEnt>>> {
+    /// The merged listing of directory `node` (cached), in readdir order.
+    pub fn listing(&self, node: &Arc<Node>) -> Res<Arc<Listing>> {
         if let Some(l) = self.dir_cache.lock().get(&node.ino) {
             return Ok(l.clone());
         }
@@ -674,8 +738,7 @@ impl Union {
                 }
             }
         }
-        // Entries already known as nodes report the node's number (copied-up hard links).
-        let list = Arc::new(out);
+        let list = Arc::new(Listing::new(out, &self.cookie_key));
         self.dir_cache.lock().put(node.ino, list.clone());
         Ok(list)
     }
