@@ -1341,8 +1341,24 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         guard("link", || {
-            match self.do_link(ino.0, newparent.0, newname.as_bytes()) {
-                Ok((n, a)) => self.reply_entry(newparent.0, newname.as_bytes(), &n, &a, reply),
+            let newname = newname.as_bytes();
+            // The name the kernel reached the node by (its last lookup).
+            let source = self.u.node(ino.0).ok().and_then(|n| {
+                let st = n.state.read();
+                st.parent.as_ref().map(|p| (p.ino, st.name.clone()))
+            });
+            match self.do_link(ino.0, newparent.0, newname) {
+                Ok((n, a)) => {
+                    // The kernel now knows two names of the node, the old
+                    // one perhaps with a long lifetime.
+                    self.link_names.insert(n.ino, LinkNames::Many);
+                    if let Some((p, name)) = source {
+                        if (p, name.as_slice()) != (newparent.0, newname) {
+                            self.invalidate_names_later(p, n.ino, (newparent.0, newname));
+                        }
+                    }
+                    self.reply_entry(newparent.0, newname, &n, &a, reply)
+                }
                 Err(err) => reply.error(e(err)),
             }
         });
