@@ -311,9 +311,12 @@ pub fn compare_with(
         if ea.ftype != eb.ftype {
             continue;
         }
-        if kind == SnapshotKind::Remounted && ea.nlink.is_some_and(|n| n > 1) {
+        if kind == SnapshotKind::Remounted
+            && (ea.nlink.is_some_and(|n| n > 1) || eb.nlink.is_some_and(|n| n > 1))
+        {
             // A hard link copied up through one name reaches its other
-            // names via overlayfs's index in the old work dir only.
+            // names via the index in the old work dir only (the remount
+            // shows such a name's lower file, with the lower link count).
             continue;
         }
         d(

@@ -295,6 +295,123 @@ fn hardlinks_stay_linked_across_copy_up() {
     assert_eq!(ino(&s.m("three")), i1);
 }
 
+/// Names of a lower hard-link group stay lower-only until their own first
+/// copy-up trigger and reach the copied-up inode through the work dir's
+/// index (overlayfs `index=on`), which also carries the group's link count
+/// across remounts; an xattr change does not link a name up, chmod does;
+/// removing the last name removes the index entry.
+#[test]
+fn hardlink_index_keeps_other_names_lower_only_and_survives_remount() {
+    let s = Scratch::new(1);
+    fs::create_dir_all(s.lower(0, "a/b")).expect("mkdir");
+    fs::create_dir(s.lower(0, "c")).expect("mkdir");
+    write(&s.lower(0, "a/b/one"), b"old");
+    fs::hard_link(s.lower(0, "a/b/one"), s.lower(0, "c/two")).expect("link");
+    fs::hard_link(s.lower(0, "a/b/one"), s.lower(0, "three")).expect("link");
+    let index = s.work.join("unionfs-index");
+    let index_entries = || -> Vec<String> {
+        match fs::read_dir(&index) {
+            Ok(rd) => rd
+                .map(|e| e.expect("dirent").file_name().to_string_lossy().to_string())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+
+    let m = s.mount("");
+    let i1 = ino(&s.m("a/b/one"));
+    fs::write(s.m("c/two"), b"new content").expect("write via two");
+    // The other names show the new data, the same inode and the group's count...
+    for name in ["a/b/one", "three"] {
+        assert_eq!(fs::read(s.m(name)).expect("read"), b"new content", "{name}");
+        assert_eq!(ino(&s.m(name)), i1, "{name}");
+        assert_eq!(fs::metadata(s.m(name)).expect("stat").nlink(), 3, "{name}");
+    }
+    // ...but only the written name is in the upper; the copy lives in the index.
+    assert!(s.u("c/two").exists(), "written name not in the upper");
+    assert!(
+        !s.u("a").exists(),
+        "a/ linked up before any change through it"
+    );
+    assert!(
+        !s.u("three").exists(),
+        "three linked up before any change through it"
+    );
+    assert_eq!(index_entries().len(), 1, "index: {:?}", index_entries());
+    assert_eq!(
+        fs::metadata(s.u("c/two")).expect("stat upper").ino(),
+        fs::metadata(index.join(&index_entries()[0]))
+            .expect("stat index")
+            .ino(),
+        "the upper name is a link of the index entry"
+    );
+    // An xattr change goes to the shared inode without linking the name up.
+    set_xattr(&s.m("three"), "user.tag", b"x");
+    assert!(!s.u("three").exists(), "setxattr linked the name up");
+    assert_eq!(
+        get_xattr(&s.m("c/two"), "user.tag").as_deref(),
+        Some(&b"x"[..])
+    );
+    m.unmount();
+
+    // After a remount the lower-only names still reach the copy.
+    let m = s.mount("");
+    for name in ["a/b/one", "c/two", "three"] {
+        assert_eq!(fs::read(s.m(name)).expect("read"), b"new content", "{name}");
+        assert_eq!(ino(&s.m(name)), i1, "{name}");
+        assert_eq!(fs::metadata(s.m(name)).expect("stat").nlink(), 3, "{name}");
+    }
+    // chmod is a copy-up trigger: the name is linked up, parents first.
+    chmod(&s.m("a/b/one"), 0o600);
+    assert!(s.u("a/b/one").exists(), "chmod did not link the name up");
+    assert_eq!(
+        fs::metadata(s.u("a/b/one")).expect("stat").ino(),
+        fs::metadata(s.u("c/two")).expect("stat").ino()
+    );
+    assert_eq!(
+        fs::metadata(s.m("three")).expect("stat").mode() & 0o777,
+        0o600
+    );
+    // Removing names counts down, across a remount too.
+    fs::remove_file(s.m("c/two")).expect("unlink two");
+    assert_eq!(fs::metadata(s.m("three")).expect("stat").nlink(), 2);
+    m.unmount();
+    let m = s.mount("");
+    assert_eq!(fs::metadata(s.m("three")).expect("stat").nlink(), 2);
+    assert_eq!(fs::read(s.m("three")).expect("read"), b"new content");
+    fs::remove_file(s.m("three")).expect("unlink three");
+    assert_eq!(fs::metadata(s.m("a/b/one")).expect("stat").nlink(), 1);
+    fs::remove_file(s.m("a/b/one")).expect("unlink one");
+    assert!(
+        index_entries().is_empty(),
+        "index entry left after the last name went: {:?}",
+        index_entries()
+    );
+    m.unmount();
+}
+
+/// An index entry whose lower file changed since (a lower replaced between
+/// mounts) is stale: it is dropped and the names show the lower file.
+#[test]
+fn stale_hardlink_index_entry_is_dropped() {
+    let s = Scratch::new(1);
+    write(&s.lower(0, "one"), b"old");
+    fs::hard_link(s.lower(0, "one"), s.lower(0, "two")).expect("link");
+    let m = s.mount("");
+    fs::write(s.m("one"), b"copied").expect("write");
+    m.unmount();
+    // The lower file changes under the stopped mount; the upper name goes.
+    write(&s.lower(0, "one"), b"replaced lower data");
+    fs::remove_file(s.u("one")).expect("rm upper name");
+    let m = s.mount("");
+    assert_eq!(
+        fs::read(s.m("two")).expect("read"),
+        b"replaced lower data",
+        "a stale index entry was used"
+    );
+    m.unmount();
+}
+
 fn readdir_inos(dir: &Path) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = fs::read_dir(dir)
         .expect("read_dir")

@@ -456,6 +456,16 @@ impl UnionFs {
             if !list.is_empty() {
                 return Err(libc::ENOTEMPTY);
             }
+            // overlayfs removes a directory without lowers with a plain
+            // rmdir in the upper: whiteouts left in it make that fail.
+            let ns = node.snapshot();
+            if ns.lowers.is_empty() {
+                if let Some(fd) = ns.upper_dir() {
+                    if !sys::read_dir(fd.as_fd()).map_err(errno)?.is_empty() {
+                        return Err(libc::ENOTEMPTY);
+                    }
+                }
+            }
         }
         let pfd = self.u.ensure_upper_dir(&p)?;
         let st = node.snapshot();
@@ -493,6 +503,12 @@ impl UnionFs {
                 ) {
                     Ok(()) => {
                         sys::unlink_at(up.work.as_fd(), &tmp, false).map_err(errno)?;
+                        if self.u.privileged {
+                            // The kernel made the whiteout with the directory's
+                            // group if it is set-group-ID; overlayfs's belong to
+                            // the mounter.
+                            let _ = sys::chown_at(pfd.as_fd(), name, sys::euid(), sys::egid());
+                        }
                     }
                     Err(_) => {
                         sys::unlink_at(pfd.as_fd(), name, false).map_err(errno)?;
@@ -568,6 +584,11 @@ impl UnionFs {
                 return Ok(());
             }
         }
+        // overlayfs checks a merged target directory for emptiness up front,
+        // but a pure upper one only in the final rename of the upper, after
+        // the source was copied up and marked (redirect or opaque): the
+        // marks stay when that rename fails, so do the same.
+        let mut late_enotempty = false;
         match &dst {
             None if exchange => return Err(libc::ENOENT),
             Some(_) if noreplace => return Err(libc::EEXIST),
@@ -579,7 +600,12 @@ impl UnionFs {
                     return Err(libc::EISDIR);
                 }
                 if d.kind == EntryKind::Dir && !self.u.listing(d)?.is_empty() {
-                    return Err(libc::ENOTEMPTY);
+                    let ds = d.snapshot();
+                    if ds.lowers.is_empty() && ds.upper.is_some() {
+                        late_enotempty = true;
+                    } else {
+                        return Err(libc::ENOTEMPTY);
+                    }
                 }
             }
             _ => {}
@@ -622,6 +648,15 @@ impl UnionFs {
             }
             Ok(())
         };
+        if late_enotempty {
+            fix_dir(&src, &src_st, &ofd, name, new_parent_merged)?;
+            if src.kind == EntryKind::Dir && !src_st.lowers.is_empty() {
+                // The kernel's failed attempt also leaves the old parent's mtime at now.
+                let _ = sys::utimens_at(ofd.as_fd(), b"", Time::Omit, Time::Now);
+            }
+            self.u.invalidate_dir(op.ino);
+            return Err(libc::ENOTEMPTY);
+        }
         if exchange {
             let (d, _) = dst.clone().ok_or(libc::ENOENT)?;
             let dst_st = d.snapshot();
@@ -686,7 +721,13 @@ impl UnionFs {
                     newname,
                     libc::RENAME_WHITEOUT,
                 ) {
-                    Ok(()) => whiteout_done = true,
+                    Ok(()) => {
+                        whiteout_done = true;
+                        if self.u.privileged {
+                            // As in unlink: the mounter owns whiteouts.
+                            let _ = sys::chown_at(ofd.as_fd(), name, sys::euid(), sys::egid());
+                        }
+                    }
                     Err(err)
                         if err.raw_os_error() == Some(libc::EINVAL)
                             || err.raw_os_error() == Some(libc::EPERM) =>
@@ -752,14 +793,7 @@ impl UnionFs {
         let upper_fh = fh
             .and_then(|f| self.handle_file(f.0).ok())
             .filter(|(_, up)| *up);
-        let (dir_fd, name): (Arc<std::os::fd::OwnedFd>, Vec<u8>) = match &st.upper {
-            Some(UpperRef::Dir(fd)) => (fd.clone(), Vec::new()),
-            Some(UpperRef::Entry) => {
-                let p = st.parent.clone().ok_or(libc::EIO)?;
-                (p.upper_dir().ok_or(libc::EIO)?, st.name.clone())
-            }
-            None => return Err(libc::EIO),
-        };
+        let (dir_fd, name) = self.u.upper_entry(&st)?;
         let d = dir_fd.as_fd();
         if let Some(sz) = size {
             match &upper_fh {
@@ -802,10 +836,9 @@ impl UnionFs {
             }
             let st = node.snapshot();
             if st.upper.is_some() && !st.metacopy {
-                let p = st.parent.clone().ok_or(libc::EIO)?;
-                let pfd = p.upper_dir().ok_or(libc::EIO)?;
+                let (pfd, name) = self.u.upper_entry(&st)?;
                 let oflags = self.upper_open_flags(flags);
-                let fd = match sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0) {
+                let fd = match sys::open_at(pfd.as_fd(), &name, oflags | libc::O_NOFOLLOW, 0) {
                     Ok(fd) => fd,
                     Err(err) if is_enoent(&err) && st.pinned.is_some() => {
                         // This name is gone but the file lives on under another one.
@@ -926,11 +959,7 @@ impl UnionFs {
     fn xattr_target(&self, node: &Arc<Node>) -> Res<Option<(Arc<std::os::fd::OwnedFd>, Vec<u8>)>> {
         let st = node.snapshot();
         Ok(match &st.upper {
-            Some(UpperRef::Dir(fd)) => Some((fd.clone(), Vec::new())),
-            Some(UpperRef::Entry) => {
-                let p = st.parent.clone().ok_or(libc::EIO)?;
-                Some((p.upper_dir().ok_or(libc::EIO)?, st.name.clone()))
-            }
+            Some(_) => Some(self.u.upper_entry(&st)?),
             None => None,
         })
     }
@@ -978,7 +1007,11 @@ impl UnionFs {
             // Removing an absent attribute should not copy up.
             self.do_getxattr(ino, key)?;
         }
-        self.u.copy_up(&node, false)?;
+        // Like overlayfs, an xattr change on a name of an indexed hard-link
+        // group goes to the group's upper inode without linking this name up.
+        if !matches!(node.state.read().upper, Some(UpperRef::Index(_))) {
+            self.u.copy_up(&node, false)?;
+        }
         let (fd, name) = self.xattr_target(&node)?.ok_or(libc::EIO)?;
         match value {
             Some(v) => sys::set_xattr_at(fd.as_fd(), &name, key, v, flags).map_err(errno),
@@ -1174,6 +1207,10 @@ impl Filesystem for UnionFs {
                 if let Ok(st) = sys::fstat(f.as_fd()) {
                     let mut a = LayerAttr::from_stat(&st);
                     a.ino = node.ino;
+                    if node.kind != EntryKind::Dir && !node.state.read().unlinked {
+                        // The upper file's own count includes the index entry.
+                        self.u.apply_group_links(node.ino, true, &mut a);
+                    }
                     return reply.attr(&TTL_UPPER, &self.fattr(&a));
                 }
             }

@@ -56,6 +56,11 @@ pub enum UpperRef {
     Dir(Arc<OwnedFd>),
     /// A non-directory at (parent's upper dir, name).
     Entry,
+    /// A lower hard-linked file whose group was copied up: the upper inode
+    /// lives in the work dir's index under this key, and this name is not
+    /// linked into the upper yet (it is on its first copy-up trigger, as
+    /// with overlayfs's `index=on`).
+    Index(Vec<u8>),
 }
 
 /// Mutable state of a node.

@@ -160,9 +160,14 @@ fn open_upper(upper: &Path, work: &Path) -> Result<Upper, Error> {
     )
     .map_err(io_err(format!("work directory {}/work", work.display())))?;
     let privileged = sys::euid() == 0;
+    let index = open_index(work_root.as_fd()).map_err(io_err(format!(
+        "index directory {}/unionfs-index",
+        work.display()
+    )))?;
     let mut up = Upper {
         root: Arc::new(root),
         work: Arc::new(workdir),
+        index: Some(Arc::new(index)),
         char_whiteouts: false,
         xattr_ns: if privileged { "trusted." } else { "user." },
     };
@@ -177,6 +182,25 @@ fn open_upper(upper: &Path, work: &Path) -> Result<Upper, Error> {
         let _ = sys::unlink_at(up.work.as_fd(), &probe, false);
     }
     Ok(up)
+}
+
+/// Name of the hard-link index inside the work directory (not `index`,
+/// which kernel overlayfs uses for its own, differently named, entries).
+const INDEX_DIR: &[u8] = b"unionfs-index";
+
+/// Creates (if needed) and opens the hard-link index directory.
+fn open_index(work_root: std::os::fd::BorrowedFd<'_>) -> std::io::Result<std::os::fd::OwnedFd> {
+    match sys::mkdir_at(work_root, INDEX_DIR, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    sys::open_at(
+        work_root,
+        INDEX_DIR,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
 }
 
 fn clean_work(up: &Upper) -> std::io::Result<()> {

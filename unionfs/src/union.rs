@@ -38,6 +38,11 @@ pub struct Upper {
     pub root: Arc<OwnedFd>,
     /// `WORKDIR/work`: copy-up staging area on the same filesystem.
     pub work: Arc<OwnedFd>,
+    /// `WORKDIR/unionfs-index`: the copied-up inodes of lower hard-link
+    /// groups, one per group, named by the hex union inode number of the
+    /// lower origin. Names of the group still only in the lowers reach the
+    /// upper copy through it; it persists across mounts.
+    pub index: Option<Arc<OwnedFd>>,
     /// Whiteouts are written as char 0/0 (else as `.wh.NAME` files).
     pub char_whiteouts: bool,
     /// Private xattr namespace: `trusted.` as root, `user.` otherwise.
@@ -193,12 +198,35 @@ pub struct Union {
     /// Link counts of lower hard-link groups once one of their names was
     /// copied up, linked or removed: names still only in the lower count
     /// too, as with overlayfs's `index=on` (by union inode number).
-    group_links: DashMap<u64, u32>,
+    group_links: DashMap<u64, Group>,
+    /// Lower hard-linked files known to have no index entry (saves a
+    /// lookup in the index on every lookup of such a name).
+    index_absent: DashMap<u64, ()>,
     /// Options.
     pub opts: UnionOptions,
     /// Daemon runs privileged (chown of new files possible).
     pub privileged: bool,
     tmp_counter: AtomicU64,
+}
+
+/// A tracked lower hard-link group.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    /// Names of the group in the union.
+    links: u32,
+    /// The group's upper inode lives in the index (its link count there
+    /// counts the index entry too, so the union count is `links`).
+    indexed: bool,
+}
+
+/// Index entry xattr: the group's link count in the union.
+const INDEX_NLINK: &str = "overlay.unionfs.nlink";
+/// Index entry xattr: the lower file's mtime when the group was copied up
+/// (an index entry whose lower changed since is stale).
+const INDEX_LOWER: &str = "overlay.unionfs.lower";
+
+fn lower_stamp(a: &LayerAttr) -> Vec<u8> {
+    format!("{}.{}:{}", a.mtime.0, a.mtime.1, a.size).into_bytes()
 }
 
 fn join_path(base: &[u8], name: &[u8]) -> Vec<u8> {
@@ -245,6 +273,7 @@ impl Union {
             dir_cache: Mutex::new(lru::LruCache::new(cap)),
             cookie_key: RandomState::new(),
             group_links: DashMap::new(),
+            index_absent: DashMap::new(),
             opts,
             privileged: sys::euid() == 0,
             tmp_counter: AtomicU64::new(0),
@@ -259,6 +288,110 @@ impl Union {
     /// The upper, or EROFS.
     pub fn upper(&self) -> Res<&Upper> {
         self.upper.as_ref().ok_or(libc::EROFS)
+    }
+
+    /// The index key of a lower hard-link group's origin, when it can be
+    /// indexed (the index exists and the number is stable across mounts).
+    fn index_key(&self, ino: u64) -> Option<Vec<u8>> {
+        self.upper.as_ref()?.index.as_ref()?;
+        let tag = ino >> 56;
+        if tag == 0 || tag > self.layers.len() as u64 {
+            return None;
+        }
+        Some(format!("{ino:016x}").into_bytes())
+    }
+
+    fn index_dir(&self) -> Res<&Arc<OwnedFd>> {
+        self.upper()?.index.as_ref().ok_or(libc::EIO)
+    }
+
+    /// Finds the index entry of lower hard-linked file `ino` (whose lower
+    /// attributes are `la`); loads the group's link count from it. A stale
+    /// entry (its lower changed) is removed.
+    fn index_lookup(&self, ino: u64, la: Option<&LayerAttr>) -> Option<(Vec<u8>, libc::stat)> {
+        if self.index_absent.contains_key(&ino) {
+            return None;
+        }
+        let key = self.index_key(ino)?;
+        let up = self.upper.as_ref()?;
+        let idx = up.index.as_ref()?;
+        let found = match sys::stat_at(idx.as_fd(), &key) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                let stamp = sys::get_xattr_at(idx.as_fd(), &key, &up.key(INDEX_LOWER))
+                    .ok()
+                    .flatten();
+                if la.is_none_or(|la| stamp.as_deref() == Some(&lower_stamp(la)[..])) {
+                    Some(st)
+                } else {
+                    tracing::warn!(
+                        "index entry {} is stale (its lower file changed): removed",
+                        String::from_utf8_lossy(&key)
+                    );
+                    let _ = sys::unlink_at(idx.as_fd(), &key, false);
+                    None
+                }
+            }
+            _ => None,
+        };
+        let Some(st) = found else {
+            self.index_absent.insert(ino, ());
+            return None;
+        };
+        let links = sys::get_xattr_at(idx.as_fd(), &key, &up.key(INDEX_NLINK))
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok())
+            .unwrap_or_else(|| match la {
+                Some(la) => la.nlink,
+                None => u32::try_from(st.st_nlink.saturating_sub(1)).unwrap_or(u32::MAX),
+            });
+        self.group_links.entry(ino).or_insert(Group {
+            links,
+            indexed: true,
+        });
+        Some((key, st))
+    }
+
+    /// Records the group's link count on its index entry.
+    fn index_store_links(&self, ino: u64, links: u32) {
+        let (Some(key), Some(up)) = (self.index_key(ino), self.upper.as_ref()) else {
+            return;
+        };
+        let Some(idx) = up.index.as_ref() else {
+            return;
+        };
+        if links == 0 {
+            // No name of the group is left: the index entry goes too.
+            let _ = sys::unlink_at(idx.as_fd(), &key, false);
+            self.index_absent.insert(ino, ());
+            return;
+        }
+        if let Err(err) = sys::set_xattr_at(
+            idx.as_fd(),
+            &key,
+            &up.key(INDEX_NLINK),
+            links.to_string().as_bytes(),
+            0,
+        ) {
+            tracing::warn!(
+                "recording the link count on index entry {}: {err}",
+                String::from_utf8_lossy(&key)
+            );
+        }
+    }
+
+    /// Where the upper copy of non-directory state `st` lives: (directory
+    /// fd, name) of its linked name, or of its index entry.
+    pub fn upper_entry(&self, st: &NodeState) -> Res<(Arc<OwnedFd>, Vec<u8>)> {
+        match &st.upper {
+            Some(UpperRef::Entry) => {
+                let p = st.parent.as_ref().ok_or(libc::EIO)?;
+                Ok((p.upper_dir().ok_or(libc::EIO)?, st.name.clone()))
+            }
+            Some(UpperRef::Index(key)) => Ok((self.index_dir()?.clone(), key.clone())),
+            Some(UpperRef::Dir(fd)) => Ok((fd.clone(), Vec::new())),
+            None => Err(libc::EIO),
+        }
     }
 
     // ---- name resolution ------------------------------------------------
@@ -479,6 +612,7 @@ impl Union {
             None => lowers[0].2,
         };
         // Attributes and the union inode number.
+        let mut indexed: Option<Vec<u8>> = None;
         let (attr, ino) = if let Some(st) = &upper_st {
             let mut a = LayerAttr::from_stat(st);
             let ino = match origin {
@@ -501,7 +635,28 @@ impl Union {
             let (l, n, _) = lowers[0];
             let la = self.layers[l].attr(n).map_err(errno)?;
             let ino = self.inos.compose(lower_tag(l), la.ino);
-            (la, ino)
+            if kind == EntryKind::File && la.nlink > 1 {
+                // A name of a lower hard-link group whose upper copy is in the index.
+                if let Some((key, ist)) = self.index_lookup(ino, Some(&la)) {
+                    let mut a = LayerAttr::from_stat(&ist);
+                    if let Some(up) = &self.upper {
+                        let idx = self.index_dir()?;
+                        metacopy = matches!(
+                            sys::get_xattr_at(idx.as_fd(), &key, &up.key("overlay.metacopy")),
+                            Ok(Some(_))
+                        );
+                    }
+                    if metacopy {
+                        a.blocks = la.blocks;
+                    }
+                    indexed = Some(key);
+                    (a, ino)
+                } else {
+                    (la, ino)
+                }
+            } else {
+                (la, ino)
+            }
         };
         let merged_dir = kind == EntryKind::Dir
             && ((upper_kind.is_some() && !lowers.is_empty()) || lowers.len() > 1);
@@ -511,7 +666,15 @@ impl Union {
             attr.nlink = 1;
         }
         if kind != EntryKind::Dir {
-            self.apply_group_links(ino, upper_kind.is_some(), &mut attr);
+            if upper_kind == Some(EntryKind::File)
+                && attr.nlink > 1
+                && origin.is_some()
+                && !self.group_links.contains_key(&ino)
+            {
+                // A linked name of an indexed group: load the group's count.
+                self.index_lookup(ino, None);
+            }
+            self.apply_group_links(ino, upper_kind.is_some() || indexed.is_some(), &mut attr);
         }
         let state = NodeState {
             parent: Some(parent.clone()),
@@ -519,7 +682,7 @@ impl Union {
             upper: match (upper_kind, upper_dir_fd) {
                 (Some(EntryKind::Dir), Some(fd)) => Some(UpperRef::Dir(fd)),
                 (Some(_), _) => Some(UpperRef::Entry),
-                (None, _) => None,
+                (None, _) => indexed.map(UpperRef::Index),
             },
             lowers: lowers.iter().map(|&(l, n, _)| (l, n)).collect(),
             lower_path,
@@ -529,10 +692,12 @@ impl Union {
             pinned: None,
         };
         let node = self.install_node(ino, kind, state)?;
-        // A hard link whose other name was copied up: link this name too.
+        // A hard link whose other name was copied up without an index
+        // entry (not a regular file, or an unstable inode number): link
+        // this name too.
         if upper_kind.is_none() && kind != EntryKind::Dir {
             let cur = node.snapshot();
-            if cur.upper.is_some() && !cur.unlinked {
+            if matches!(cur.upper, Some(UpperRef::Entry)) && !cur.unlinked {
                 self.link_up(&node, parent, name)?;
                 return Ok(Some((node.clone(), self.attr_of(&node)?)));
             }
@@ -573,6 +738,33 @@ impl Union {
         }
     }
 
+    /// Links the indexed upper copy of `node` at its current name (the
+    /// first copy-up trigger on a name of a copied-up hard-link group).
+    fn link_up_index(&self, node: &Arc<Node>, st: &NodeState, key: &[u8]) -> Res<()> {
+        let parent = st.parent.clone().ok_or(libc::EIO)?;
+        let pfd = self.ensure_upper_dir(&parent)?;
+        let idx = self.index_dir()?;
+        // Linking up is not a change users made: keep the directory's times.
+        let dir_times = sys::fstat(pfd.as_fd()).ok();
+        sys::link_at(idx.as_fd(), key, pfd.as_fd(), &st.name).map_err(errno)?;
+        if let Some(pt) = dir_times {
+            let _ = sys::utimens_at(
+                pfd.as_fd(),
+                b"",
+                Time::At(pt.st_atime, pt.st_atime_nsec),
+                Time::At(pt.st_mtime, pt.st_mtime_nsec),
+            );
+        }
+        {
+            let mut w = node.state.write();
+            if w.name == st.name && w.parent.as_ref().map(|p| p.ino) == Some(parent.ino) {
+                w.upper = Some(UpperRef::Entry);
+            }
+        }
+        self.invalidate_dir(parent.ino);
+        Ok(())
+    }
+
     /// Links an already copied-up hard-linked node at `parent/name` in the upper.
     fn link_up(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &[u8]) -> Res<()> {
         let src = node.snapshot();
@@ -605,9 +797,13 @@ impl Union {
     /// Sets the link count of a member of a tracked lower hard-link group:
     /// an upper copy shows at least the group's count, a lower-only name
     /// exactly that count (names removed since the mount no longer count).
-    fn apply_group_links(&self, ino: u64, has_upper: bool, a: &mut LayerAttr) {
-        if let Some(v) = self.group_links.get(&ino) {
-            a.nlink = if has_upper { a.nlink.max(*v) } else { *v };
+    pub fn apply_group_links(&self, ino: u64, has_upper: bool, a: &mut LayerAttr) {
+        if let Some(g) = self.group_links.get(&ino) {
+            a.nlink = if has_upper && !g.indexed {
+                a.nlink.max(g.links)
+            } else {
+                g.links
+            };
         }
     }
 
@@ -629,13 +825,26 @@ impl Union {
             Some(e) => e,
             None => {
                 let start = initial()?;
-                self.group_links.entry(node.ino).or_insert(start)
+                self.group_links.entry(node.ino).or_insert(Group {
+                    links: start,
+                    indexed: false,
+                })
             }
         };
-        let v = (i64::from(*e) + delta).clamp(0, i64::from(u32::MAX));
+        let v = (i64::from(e.links) + delta).clamp(0, i64::from(u32::MAX));
         // The clamp above keeps `v` within u32.
-        *e = u32::try_from(v).unwrap_or(0);
-        Some(*e)
+        e.links = u32::try_from(v).unwrap_or(0);
+        let g = *e;
+        drop(e);
+        if g.indexed {
+            self.index_store_links(node.ino, g.links);
+            if g.links == 0 {
+                if let Some(mut e) = self.group_links.get_mut(&node.ino) {
+                    e.indexed = false;
+                }
+            }
+        }
+        Some(g.links)
     }
 
     /// Current attributes of a node.
@@ -645,10 +854,13 @@ impl Union {
             Some(UpperRef::Dir(fd)) => {
                 LayerAttr::from_stat(&sys::fstat(fd.as_fd()).map_err(errno)?)
             }
-            Some(UpperRef::Entry) => {
-                let s = match &st.pinned {
-                    Some(fd) => sys::fstat(fd.as_fd()).map_err(errno)?,
-                    None => {
+            Some(UpperRef::Entry) | Some(UpperRef::Index(_)) => {
+                let s = match (&st.pinned, &st.upper) {
+                    (None, Some(UpperRef::Index(key))) => {
+                        sys::stat_at(self.index_dir()?.as_fd(), key).map_err(errno)?
+                    }
+                    (Some(fd), _) => sys::fstat(fd.as_fd()).map_err(errno)?,
+                    (None, _) => {
                         let p = st.parent.as_ref().ok_or(libc::EIO)?;
                         let pfd = p.upper_dir().ok_or(libc::EIO)?;
                         sys::stat_at(pfd.as_fd(), &st.name).map_err(|e| {
@@ -763,7 +975,11 @@ impl Union {
     pub fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Res<()> {
         let up = self.upper()?;
         let _guard = node.copy_lock.lock();
-        let st = node.snapshot();
+        let mut st = node.snapshot();
+        if let Some(UpperRef::Index(key)) = &st.upper {
+            self.link_up_index(node, &st, key)?;
+            st = node.snapshot();
+        }
         if st.upper.is_some() {
             if with_data && st.metacopy {
                 return self.complete_metacopy(node, &st);
@@ -779,6 +995,12 @@ impl Union {
         let tmp = self.tmp_name();
         let parent_times = sys::fstat(pfd.as_fd()).ok();
         let mut metacopy = false;
+        // A lower hard-link group is copied up into the index and linked
+        // from there, so its other names reach the copy (overlayfs index=on).
+        let index_key = match node.kind {
+            EntryKind::File if attr.nlink > 1 => self.index_key(node.ino),
+            _ => None,
+        };
         let res = (|| -> Res<()> {
             match node.kind {
                 EntryKind::Dir => {
@@ -841,6 +1063,35 @@ impl Union {
                 Time::At(attr.mtime.0, attr.mtime.1),
             )
             .map_err(errno)?;
+            if let Some(key) = &index_key {
+                let idx = self.index_dir()?;
+                let links = self
+                    .group_links
+                    .get(&node.ino)
+                    .map(|g| g.links)
+                    .unwrap_or(attr.nlink);
+                sys::set_xattr_at(
+                    work,
+                    &tmp,
+                    &up.key(INDEX_NLINK),
+                    links.to_string().as_bytes(),
+                    0,
+                )
+                .map_err(errno)?;
+                sys::set_xattr_at(work, &tmp, &up.key(INDEX_LOWER), &lower_stamp(&attr), 0)
+                    .map_err(errno)?;
+                match sys::rename_at(work, &tmp, idx.as_fd(), key, libc::RENAME_NOREPLACE) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        // Left by an earlier mount and not seen by lookup: it is stale.
+                        sys::rename_at(work, &tmp, idx.as_fd(), key, 0).map_err(errno)?;
+                    }
+                    Err(e) => return Err(errno(e)),
+                }
+                self.index_absent.remove(&node.ino);
+                sys::link_at(idx.as_fd(), key, pfd.as_fd(), &st.name).map_err(errno)?;
+                return Ok(());
+            }
             sys::rename_at(work, &tmp, pfd.as_fd(), &st.name, libc::RENAME_NOREPLACE)
                 .map_err(errno)?;
             Ok(())
@@ -881,7 +1132,11 @@ impl Union {
         w.metacopy = metacopy;
         drop(w);
         if node.kind != EntryKind::Dir && attr.nlink > 1 {
-            self.group_links.entry(node.ino).or_insert(attr.nlink);
+            let mut g = self.group_links.entry(node.ino).or_insert(Group {
+                links: attr.nlink,
+                indexed: false,
+            });
+            g.indexed = index_key.is_some();
         }
         self.invalidate_dir(parent.ino);
         Ok(())
@@ -923,9 +1178,30 @@ impl Union {
     pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Res<()> {
         let up = self.upper()?;
         if up.char_whiteouts {
-            match sys::mknod_at(dir, name, libc::S_IFCHR, 0) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
+            // Made in the work dir and moved into place, as overlayfs does:
+            // the whiteout belongs to the mounter even in a set-group-ID
+            // directory, and never shows half made.
+            let tmp = self.tmp_name();
+            match sys::mknod_at(up.work.as_fd(), &tmp, libc::S_IFCHR, 0) {
+                Ok(()) => {
+                    return match sys::rename_at(
+                        up.work.as_fd(),
+                        &tmp,
+                        dir,
+                        name,
+                        libc::RENAME_NOREPLACE,
+                    ) {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            let _ = sys::unlink_at(up.work.as_fd(), &tmp, false);
+                            if e.raw_os_error() == Some(libc::EEXIST) {
+                                Ok(())
+                            } else {
+                                Err(errno(e))
+                            }
+                        }
+                    };
+                }
                 Err(e) if e.raw_os_error() != Some(libc::EPERM) => return Err(errno(e)),
                 Err(_) => {}
             }
