@@ -6,6 +6,9 @@
 //! kernel cache lifetimes and `keep_cache`; everything in the upper gets a
 //! short one. File data goes through FUSE passthrough when the kernel and
 //! privileges allow it, else through the page cache (writeback cache on).
+//! OPENDIR is left unimplemented so the kernel caches every directory
+//! listing and sends no OPENDIR/RELEASEDIR; readdir positions are stateless
+//! name-hash cookies (see [`Listing`]).
 
 use std::ffi::OsStr;
 use std::fs::File;
