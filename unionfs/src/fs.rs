@@ -88,6 +88,9 @@ pub struct UnionFs {
     name_key: RandomState,
     /// Sends cache invalidations to the kernel; set once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Directories whose attributes the kernel got with the long lifetime
+    /// of immutable lowers (see [`UnionFs::refresh_copied_up`]).
+    lower_ttl_dirs: DashMap<u64, ()>,
 }
 
 fn to_time((s, ns): (i64, i64)) -> SystemTime {
@@ -162,6 +165,7 @@ impl UnionFs {
             link_names: DashMap::new(),
             name_key: RandomState::new(),
             notifier: Arc::new(OnceLock::new()),
+            lower_ttl_dirs: DashMap::new(),
         }
     }
 
@@ -199,10 +203,52 @@ impl UnionFs {
         {
             Duration::ZERO
         } else if node.state.read().lower_only() {
+            if node.kind == EntryKind::Dir {
+                self.lower_ttl_dirs.insert(node.ino, ());
+            }
             TTL_LOWER
         } else {
             TTL_UPPER
         }
+    }
+
+    /// After a change below directory `ino` (or to `ino` itself): the
+    /// kernel drops the attributes of `ino` and of its ancestors that it got
+    /// as immutable lower directories (long lifetime) and that have been
+    /// copied up since, as a side effect (a copy-up changes a directory's
+    /// link count, size and times). Sent before the change is answered; an
+    /// attribute-only inode invalidation takes no lock a request holds.
+    fn refresh_copied_up(&self, ino: u64) {
+        let Some(notifier) = self.notifier.get() else {
+            return;
+        };
+        let mut cur = self.u.node(ino).ok();
+        while let Some(n) = cur {
+            let st = n.state.read();
+            if !st.lower_only() && self.lower_ttl_dirs.remove(&n.ino).is_some() {
+                // ENOENT: the kernel no longer has the inode.
+                let _ = notifier.inval_inode(INodeNo(n.ino), -1, 0);
+            }
+            cur = st.parent.clone();
+        }
+    }
+
+    /// [`UnionFs::refresh_copied_up`] for each of `inos`, passing `res` on.
+    /// A failed change may still have changed them (a copy-up, or what
+    /// overlayfs also does before failing) while the kernel, which marks
+    /// the directories of a successful change stale itself, keeps their
+    /// attributes: it drops them.
+    fn changed<T>(&self, inos: &[u64], res: Res<T>) -> Res<T> {
+        for &ino in inos {
+            if res.is_err() {
+                if let Some(n) = self.notifier.get() {
+                    // ENOENT: the kernel no longer has the inode.
+                    let _ = n.inval_inode(INodeNo(ino), -1, 0);
+                }
+            }
+            self.refresh_copied_up(ino);
+        }
+        res
     }
 
     /// Kernel cache lifetime of the entry `parent/name` for `node` (and of
@@ -766,7 +812,21 @@ impl UnionFs {
                 }
             }
         }
+        // The kernel moved its entry: a hard-linked node known under one
+        // name is now known under the new one.
+        self.renamed(src.ino, np.ino, newname);
+        if let (true, Some((d, _))) = (exchange, &dst) {
+            self.renamed(d.ino, op.ino, name);
+        }
         Ok(())
+    }
+
+    fn renamed(&self, ino: u64, parent: u64, name: &[u8]) {
+        if let Some(mut seen) = self.link_names.get_mut(&ino) {
+            if let LinkNames::One(..) = *seen {
+                *seen = LinkNames::One(parent, self.name_key.hash_one(name));
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1243,7 +1303,8 @@ impl Filesystem for UnionFs {
         reply: ReplyAttr,
     ) {
         guard("setattr", || {
-            match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+            let res = self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh);
+            match self.changed(&[ino.0], res) {
                 Ok(a) => reply.attr(&TTL_UPPER, &self.fattr(&a)),
                 Err(err) => reply.error(e(err)),
             }
@@ -1285,7 +1346,8 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         guard("mknod", || {
-            match self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev as u64) {
+            let res = self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev as u64);
+            match self.changed(&[parent.0], res) {
                 Ok((n, a)) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
                 Err(err) => reply.error(e(err)),
             }
@@ -1302,7 +1364,10 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         guard("mkdir", || {
-            match self.do_mkdir(req, parent.0, name.as_bytes(), mode) {
+            match self.changed(
+                &[parent.0],
+                self.do_mkdir(req, parent.0, name.as_bytes(), mode),
+            ) {
                 Ok((n, a)) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
                 Err(err) => reply.error(e(err)),
             }
@@ -1311,7 +1376,10 @@ impl Filesystem for UnionFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("unlink", || {
-            match self.do_unlink(parent.0, name.as_bytes(), false) {
+            match self.changed(
+                &[parent.0],
+                self.do_unlink(parent.0, name.as_bytes(), false),
+            ) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(err)),
             }
@@ -1320,7 +1388,7 @@ impl Filesystem for UnionFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("rmdir", || {
-            match self.do_unlink(parent.0, name.as_bytes(), true) {
+            match self.changed(&[parent.0], self.do_unlink(parent.0, name.as_bytes(), true)) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(err)),
             }
@@ -1336,12 +1404,13 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         guard("symlink", || {
-            match self.do_symlink(
+            let res = self.do_symlink(
                 req,
                 parent.0,
                 link_name.as_bytes(),
                 target.as_os_str().as_bytes(),
-            ) {
+            );
+            match self.changed(&[parent.0], res) {
                 Ok((n, a)) => self.reply_entry(parent.0, link_name.as_bytes(), &n, &a, reply),
                 Err(err) => reply.error(e(err)),
             }
@@ -1359,13 +1428,14 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         guard("rename", || {
-            match self.do_rename(
+            let res = self.do_rename(
                 parent.0,
                 name.as_bytes(),
                 newparent.0,
                 newname.as_bytes(),
                 flags.bits(),
-            ) {
+            );
+            match self.changed(&[parent.0, newparent.0], res) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(err)),
             }
@@ -1387,7 +1457,8 @@ impl Filesystem for UnionFs {
                 let st = n.state.read();
                 st.parent.as_ref().map(|p| (p.ino, st.name.clone()))
             });
-            match self.do_link(ino.0, newparent.0, newname) {
+            let res = self.do_link(ino.0, newparent.0, newname);
+            match self.changed(&[ino.0, newparent.0], res) {
                 Ok((n, a)) => {
                     // The kernel now knows two names of the node, the old
                     // one perhaps with a long lifetime.
@@ -1406,6 +1477,28 @@ impl Filesystem for UnionFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", || {
+            let acc = flags.0 & libc::O_ACCMODE;
+            if acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+                // The copy-up `do_open` would make, done first so that the
+                // kernel drops what it cached of the copied-up file and
+                // directories before the open is answered.
+                let copied = self.u.node(ino.0).and_then(|n| {
+                    let was_lower = n.state.read().lower_only();
+                    self.u.copy_up(&n, true)?;
+                    Ok(was_lower)
+                });
+                match copied {
+                    Ok(was_lower) => {
+                        if was_lower {
+                            if let Some(notifier) = self.notifier.get() {
+                                let _ = notifier.inval_inode(ino, -1, 0);
+                            }
+                        }
+                        self.refresh_copied_up(ino.0);
+                    }
+                    Err(err) => return reply.error(e(err)),
+                }
+            }
             self.do_open(ino.0, flags.0, reply);
         });
     }
@@ -1673,7 +1766,8 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         guard("setxattr", || {
-            match self.do_setxattr(ino.0, name.as_bytes(), Some(value), flags) {
+            let res = self.do_setxattr(ino.0, name.as_bytes(), Some(value), flags);
+            match self.changed(&[ino.0], res) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(err)),
             }
@@ -1702,7 +1796,7 @@ impl Filesystem for UnionFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("removexattr", || {
-            match self.do_setxattr(ino.0, name.as_bytes(), None, 0) {
+            match self.changed(&[ino.0], self.do_setxattr(ino.0, name.as_bytes(), None, 0)) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(err)),
             }
@@ -1775,7 +1869,7 @@ impl Filesystem for UnionFs {
                 drop(fd);
                 self.finish_create(&p, name)
             })();
-            let (node, attr) = match res {
+            let (node, attr) = match self.changed(&[parent.0], res) {
                 Ok(x) => x,
                 Err(err) => return reply.error(e(err)),
             };

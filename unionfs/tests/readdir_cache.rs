@@ -479,6 +479,15 @@ fn hard_linked_lower_files_stay_one_file() {
     fs::write(s.m("a/one"), b"newer").expect("write through the first name");
     assert_eq!(fs::read(s.m("b/two")).expect("read"), b"newer");
     assert_eq!(ino(&s.m("a/one")), ino(&s.m("b/two")));
+    // Renamed, still one file under both names.
+    fs::rename(s.m("a/one"), s.m("a/uno")).expect("rename");
+    assert_eq!(
+        names(&s.m("a")),
+        BTreeSet::from(["uno".to_string(), "solo".to_string()])
+    );
+    fs::write(s.m("b/two"), b"newest").expect("write through the second name");
+    assert_eq!(fs::read(s.m("a/uno")).expect("read"), b"newest");
+    assert_eq!(ino(&s.m("a/uno")), ino(&s.m("b/two")));
     // The single-name file copies up under its one name.
     fs::write(s.m("a/solo"), b"changed").expect("write solo");
     assert_eq!(
