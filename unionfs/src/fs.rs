@@ -40,6 +40,9 @@ use crate::whiteout;
 const TTL_LOWER: Duration = Duration::from_secs(24 * 3600);
 /// TTL for entries touched by the upper.
 const TTL_UPPER: Duration = Duration::from_secs(1);
+/// Longest wait for the kernel to drop an entry (see
+/// `UnionFs::invalidate_names_later`).
+const INVAL_WAIT: Duration = Duration::from_millis(100);
 
 enum Handle {
     File {
@@ -289,9 +292,14 @@ impl UnionFs {
         }
     }
 
-    /// Asks the kernel, from another thread (the caller may hold the
-    /// directory's lock through its request), to drop its entries of
-    /// `parent` that name `ino`, except `keep`.
+    /// Asks the kernel to drop its entries of `parent` that name `ino`,
+    /// except `keep`, from another thread: the kernel takes `parent`'s lock
+    /// for it, which the caller's request may hold (`parent` is `keep`'s
+    /// directory) or another task may hold while it waits for a lock the
+    /// request holds. When `parent` is not `keep`'s directory the caller
+    /// waits a little for it (usually done in well under a millisecond), so
+    /// that the old entry is gone before the request is answered; the wait
+    /// is bounded, so a lock cycle only delays.
     fn invalidate_names_later(&self, parent: u64, ino: u64, keep: (u64, &[u8])) {
         let Some(notifier) = self.notifier.get().cloned() else {
             return;
@@ -307,6 +315,7 @@ impl UnionFs {
         if names.is_empty() {
             return;
         }
+        let (done, finished) = std::sync::mpsc::sync_channel::<()>(1);
         let spawned = std::thread::Builder::new()
             .name("unionfs-inval".into())
             .spawn(move || {
@@ -314,9 +323,14 @@ impl UnionFs {
                     // ENOENT: the kernel no longer has that entry.
                     let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
                 }
+                let _ = done.send(());
             });
-        if let Err(err) = spawned {
-            tracing::warn!("starting a thread to invalidate kernel entries: {err}");
+        match spawned {
+            Ok(_) if parent != keep.0 => {
+                let _ = finished.recv_timeout(INVAL_WAIT);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!("starting a thread to invalidate kernel entries: {err}"),
         }
     }
 
