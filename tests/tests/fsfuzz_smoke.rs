@@ -56,14 +56,10 @@ fn fsfuzz_smoke_against_kernel_overlayfs() {
     smoke(false);
 }
 
-/// The upper dirs' on-disk format as well. Known differences keep this out
-/// of CI: unionfs links the other names of a lower hard-link group into the
-/// upper as soon as they are looked up (the kernel keeps them lower-only
-/// through its work-dir index), and overlayfs leaves the opaque/redirect
-/// xattr it set on a directory whose rename then failed (ENOTEMPTY).
-/// Run with `cargo test -p strata-tests --test fsfuzz_smoke -- --ignored`.
+/// The upper dirs' on-disk format as well, and each side's upper mounted
+/// by the other implementation (kernel overlayfs over unionfs's upper,
+/// unionfs over the kernel's).
 #[test]
-#[ignore = "known upper-format differences (eager hard-link link-up, xattrs left by a failed rename); see the doc comment"]
 fn fsfuzz_smoke_upper_format() {
     smoke(true);
 }

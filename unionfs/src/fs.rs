@@ -764,19 +764,34 @@ impl UnionFs {
                     w.pinned = pin;
                 }
             }
-            match sys::stat_at(nfd.as_fd(), newname) {
-                Ok(st) if whiteout::stat_is_whiteout(nfd.as_fd(), newname, &st) => {
-                    sys::unlink_at(nfd.as_fd(), newname, false).map_err(errno)?;
-                }
-                _ => {}
+            let char_wh = self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts);
+            // Like overlayfs, a source that needs a whiteout swaps places with
+            // a whiteout at the target (the old name keeps that whiteout);
+            // else the rename leaves a fresh one (RENAME_WHITEOUT).
+            let target_whiteout = match sys::stat_at(nfd.as_fd(), newname) {
+                Ok(st) => whiteout::stat_is_whiteout(nfd.as_fd(), newname, &st),
+                Err(_) => false,
+            };
+            let swap_whiteout = target_whiteout && old_below && char_wh;
+            if target_whiteout && !swap_whiteout {
+                sys::unlink_at(nfd.as_fd(), newname, false).map_err(errno)?;
             }
             let wh = whiteout::wh_name(newname);
             if sys::stat_at(nfd.as_fd(), &wh).is_ok() {
                 sys::unlink_at(nfd.as_fd(), &wh, false).map_err(errno)?;
             }
-            let char_wh = self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts);
             let mut whiteout_done = false;
-            if old_below && char_wh {
+            if swap_whiteout {
+                sys::rename_at(
+                    ofd.as_fd(),
+                    name,
+                    nfd.as_fd(),
+                    newname,
+                    libc::RENAME_EXCHANGE,
+                )
+                .map_err(errno)?;
+                whiteout_done = true;
+            } else if old_below && char_wh {
                 match sys::rename_at(
                     ofd.as_fd(),
                     name,
@@ -784,13 +799,9 @@ impl UnionFs {
                     newname,
                     libc::RENAME_WHITEOUT,
                 ) {
-                    Ok(()) => {
-                        whiteout_done = true;
-                        if self.u.privileged {
-                            // As in unlink: the mounter owns whiteouts.
-                            let _ = sys::chown_at(ofd.as_fd(), name, sys::euid(), sys::egid());
-                        }
-                    }
+                    // The kernel makes this whiteout as it makes a new
+                    // file: group of a set-group-ID directory included.
+                    Ok(()) => whiteout_done = true,
                     Err(err)
                         if err.raw_os_error() == Some(libc::EINVAL)
                             || err.raw_os_error() == Some(libc::EPERM) =>
@@ -1587,7 +1598,11 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         guard("flush", || {
-            reply.ok();
+            // Nothing to do at close (data goes straight to the upper file,
+            // no locks are kept here). ENOSYS makes the kernel stop sending
+            // FLUSH, which saves every close() a round trip; it still
+            // writes back cached pages before a close returns.
+            reply.error(Errno::ENOSYS);
         });
     }
 
