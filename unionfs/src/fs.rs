@@ -519,10 +519,10 @@ impl UnionFs {
             if !list.is_empty() {
                 return Err(libc::ENOTEMPTY);
             }
-            // overlayfs removes a directory without lowers with a plain
-            // rmdir in the upper: whiteouts left in it make that fail.
+            // overlayfs removes a directory whose name is in no lower with a
+            // plain rmdir in the upper: whiteouts left in it make that fail.
             let ns = node.snapshot();
-            if ns.lowers.is_empty() {
+            if ns.lowers.is_empty() && !below {
                 if let Some(fd) = ns.upper_dir() {
                     if !sys::read_dir(fd.as_fd()).map_err(errno)?.is_empty() {
                         return Err(libc::ENOTEMPTY);
