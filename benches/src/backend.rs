@@ -147,6 +147,12 @@ impl RunDirs {
             }
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        if self.mnt.exists() && !sys::is_mountpoint(&self.mnt) {
+            // Files an interrupted run wrote into the bare mount point make
+            // mount programs that want an empty one (unionfs-fuse) fail.
+            fs::remove_dir_all(&self.mnt)
+                .with_context(|| format!("emptying mount point {}", self.mnt.display()))?;
+        }
         fs::create_dir_all(&self.mnt)
             .with_context(|| format!("creating {}", self.mnt.display()))?;
         Ok(())
