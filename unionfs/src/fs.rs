@@ -531,6 +531,9 @@ impl UnionFs {
             }
         }
         let pfd = self.u.ensure_upper_dir(&p)?;
+        if !dir && self.u.wants_index_before_removal(&node) {
+            self.u.copy_up(&node, false)?;
+        }
         let st = node.snapshot();
         let has_upper_here = match sys::stat_at(pfd.as_fd(), name) {
             Ok(ust) => !whiteout::stat_is_whiteout(pfd.as_fd(), name, &ust),
@@ -669,6 +672,18 @@ impl UnionFs {
                     } else {
                         return Err(libc::ENOTEMPTY);
                     }
+                } else if d.kind == EntryKind::Dir {
+                    // An empty-looking directory whose name is in no lower is
+                    // replaced by a plain rename in the upper: whiteouts left
+                    // in it make that fail there too.
+                    let ds = d.snapshot();
+                    if ds.lowers.is_empty() && !self.u.name_in_lowers(&np.snapshot(), newname)? {
+                        if let Some(fd) = ds.upper_dir() {
+                            if !sys::read_dir(fd.as_fd()).map_err(errno)?.is_empty() {
+                                late_enotempty = true;
+                            }
+                        }
+                    }
                 }
             }
             _ => {}
@@ -676,6 +691,11 @@ impl UnionFs {
         // Copy up what moves. Files get their data too: a metadata-only copy
         // finds its data by name, which a rename changes.
         self.u.copy_up(&src, src.kind != EntryKind::Dir)?;
+        if let Some((d, _)) = &dst {
+            if !exchange && self.u.wants_index_before_removal(d) {
+                self.u.copy_up(d, false)?;
+            }
+        }
         if exchange {
             if let Some((d, _)) = &dst {
                 self.u.copy_up(d, d.kind != EntryKind::Dir)?;

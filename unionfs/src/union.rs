@@ -380,6 +380,27 @@ impl Union {
         }
     }
 
+    /// Whether `node` is a lower-only name of a lower hard-link group that
+    /// can be indexed: overlayfs copies such a name up (into the index)
+    /// before it whites it out or renames over it, so the group's link
+    /// count has an index entry to live on.
+    pub fn wants_index_before_removal(&self, node: &Arc<Node>) -> bool {
+        if node.kind != EntryKind::File || self.index_key(node.ino).is_none() {
+            return false;
+        }
+        let st = node.state.read();
+        match &st.upper {
+            // A name reaching the index: linked up first, as for any change.
+            Some(UpperRef::Index(_)) => return true,
+            Some(_) => return false,
+            None => {}
+        }
+        st.lowers
+            .first()
+            .and_then(|&(l, n)| self.layers[l].attr(n).ok())
+            .is_some_and(|a| a.nlink > 1)
+    }
+
     /// Where the upper copy of non-directory state `st` lives: (directory
     /// fd, name) of its linked name, or of its index entry.
     pub fn upper_entry(&self, st: &NodeState) -> Res<(Arc<OwnedFd>, Vec<u8>)> {
