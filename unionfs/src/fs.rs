@@ -532,7 +532,7 @@ impl UnionFs {
         }
         let pfd = self.u.ensure_upper_dir(&p)?;
         if !dir && self.u.wants_index_before_removal(&node) {
-            self.u.copy_up(&node, false)?;
+            self.u.copy_up_for_removal(&node)?;
         }
         let st = node.snapshot();
         let has_upper_here = match sys::stat_at(pfd.as_fd(), name) {
@@ -693,7 +693,7 @@ impl UnionFs {
         self.u.copy_up(&src, src.kind != EntryKind::Dir)?;
         if let Some((d, _)) = &dst {
             if !exchange && self.u.wants_index_before_removal(d) {
-                self.u.copy_up(d, false)?;
+                self.u.copy_up_for_removal(d)?;
             }
         }
         if exchange {

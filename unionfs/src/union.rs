@@ -994,6 +994,18 @@ impl Union {
 
     /// Copies `node` up. `with_data`: also complete a metadata-only copy.
     pub fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Res<()> {
+        self.copy_up_inner(node, with_data, false)
+    }
+
+    /// The copy-up overlayfs makes before it whites out (or renames over)
+    /// a lower hard-linked name, so the group's link count has an index
+    /// entry to live on: metadata only, whatever the size, since that
+    /// name's data is never read through its upper copy.
+    pub fn copy_up_for_removal(&self, node: &Arc<Node>) -> Res<()> {
+        self.copy_up_inner(node, false, true)
+    }
+
+    fn copy_up_inner(&self, node: &Arc<Node>, with_data: bool, meta_only: bool) -> Res<()> {
         let up = self.upper()?;
         let _guard = node.copy_lock.lock();
         let mut st = node.snapshot();
@@ -1035,7 +1047,9 @@ impl Union {
                         0o600,
                     )
                     .map_err(errno)?;
-                    if !with_data && self.opts.metacopy && attr.size >= METACOPY_MIN_SIZE {
+                    if meta_only
+                        || (!with_data && self.opts.metacopy && attr.size >= METACOPY_MIN_SIZE)
+                    {
                         sys::ftruncate(f.as_fd(), attr.size).map_err(errno)?;
                         sys::set_xattr_at(f.as_fd(), b"", &up.key("overlay.metacopy"), b"", 0)
                             .map_err(errno)?;
