@@ -229,6 +229,19 @@ fn lower_stamp(a: &LayerAttr) -> Vec<u8> {
     format!("{}.{}:{}", a.mtime.0, a.mtime.1, a.size).into_bytes()
 }
 
+/// Puts back a directory's times saved before a change users did not make
+/// (a copy-up or link-up into it); best effort.
+fn restore_times(dir: BorrowedFd<'_>, saved: Option<&libc::stat>) {
+    if let Some(pt) = saved {
+        let _ = sys::utimens_at(
+            dir,
+            b"",
+            Time::At(pt.st_atime, pt.st_atime_nsec),
+            Time::At(pt.st_mtime, pt.st_mtime_nsec),
+        );
+    }
+}
+
 fn join_path(base: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(base.len() + 1 + name.len());
     p.extend_from_slice(base);
@@ -768,14 +781,7 @@ impl Union {
         // Linking up is not a change users made: keep the directory's times.
         let dir_times = sys::fstat(pfd.as_fd()).ok();
         sys::link_at(idx.as_fd(), key, pfd.as_fd(), &st.name).map_err(errno)?;
-        if let Some(pt) = dir_times {
-            let _ = sys::utimens_at(
-                pfd.as_fd(),
-                b"",
-                Time::At(pt.st_atime, pt.st_atime_nsec),
-                Time::At(pt.st_mtime, pt.st_mtime_nsec),
-            );
-        }
+        restore_times(pfd.as_fd(), dir_times.as_ref());
         {
             let mut w = node.state.write();
             if w.name == st.name && w.parent.as_ref().map(|p| p.ino) == Some(parent.ino) {
@@ -796,14 +802,7 @@ impl Union {
         let dir_times = sys::fstat(dfd.as_fd()).ok();
         match sys::link_at(sfd.as_fd(), &src.name, dfd.as_fd(), name) {
             Ok(()) => {
-                if let Some(pt) = dir_times {
-                    let _ = sys::utimens_at(
-                        dfd.as_fd(),
-                        b"",
-                        Time::At(pt.st_atime, pt.st_atime_nsec),
-                        Time::At(pt.st_mtime, pt.st_mtime_nsec),
-                    );
-                }
+                restore_times(dfd.as_fd(), dir_times.as_ref());
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(errno(e)),
@@ -1135,14 +1134,7 @@ impl Union {
             let _ = sys::unlink_at(work, &tmp, node.kind == EntryKind::Dir);
             return Err(e);
         }
-        if let Some(pt) = parent_times {
-            let _ = sys::utimens_at(
-                pfd.as_fd(),
-                b"",
-                Time::At(pt.st_atime, pt.st_atime_nsec),
-                Time::At(pt.st_mtime, pt.st_mtime_nsec),
-            );
-        }
+        restore_times(pfd.as_fd(), parent_times.as_ref());
         let upper_ref = if node.kind == EntryKind::Dir {
             let fd = sys::open_at(
                 pfd.as_fd(),
