@@ -24,7 +24,7 @@ use crate::progress;
 use crate::rng::Rng;
 
 /// Bump when the generator changes, so cached datasets are rebuilt.
-const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION: u32 = 4;
 
 /// Relative path of the 1 GiB file read sequentially and appended to (copy-up), in lower1.
 pub const SEQ_REL: &str = "opt/bigdata/seq.bin";
@@ -228,14 +228,6 @@ impl Dataset {
         }
         Ok(())
     }
-}
-
-/// Files that `native` holds as real copies rather than hard links, because
-/// workloads modify them in place.
-fn flat_copies(plan: &Plan) -> BTreeSet<String> {
-    let mut copies: BTreeSet<String> = plan.copyup_targets.iter().cloned().collect();
-    copies.insert(SEQ_REL.to_string());
-    copies
 }
 
 /// Loads the dataset under `dir`, building it first when it is missing,
@@ -731,11 +723,12 @@ fn write_tarball(path: &Path, files: usize, pool: &Pool) -> Result<()> {
     Ok(())
 }
 
-/// Creates the `native` tree: hard links to the winning lower file for every
-/// merged entry, except files that workloads modify, which are copies.
+/// Creates the `native` tree: a copy of the winning lower file for every
+/// merged entry. Copies, not hard links: a link into `native` would give
+/// every lower file a link count of 2, which a layer unpacked from a tarball
+/// never has, and a union that keeps hard links whole (an index, like
+/// overlayfs `index=on`) would then treat each of them as a hard-link group.
 fn populate_flat(dataset: &Dataset) -> Result<()> {
-    let copies = flat_copies(&dataset.plan);
-    let chown_prefix = format!("{CHOWN_REL}/");
     for (rel, (layer, entry)) in dataset.plan.merged() {
         let dst = dataset.flat.join(rel);
         if fs::symlink_metadata(&dst).is_ok() {
@@ -747,10 +740,7 @@ fn populate_flat(dataset: &Dataset) -> Result<()> {
         let src = dataset.lowers[layer].join(rel);
         match entry {
             Entry::Symlink(target) => symlink(target, &dst),
-            Entry::File(_) if copies.contains(rel) || rel.starts_with(&chown_prefix) => {
-                fs::copy(&src, &dst).map(|_| ())
-            }
-            Entry::File(_) => fs::hard_link(&src, &dst),
+            Entry::File(_) => fs::copy(&src, &dst).map(|_| ()),
         }
         .with_context(|| format!("creating {} from {}", dst.display(), src.display()))?;
     }

@@ -348,7 +348,7 @@ fn describe(backend: &Backend, dataset: &Dataset) -> String {
     };
     match &backend.kind {
         Kind::Native => format!(
-            "plain directory {} (hard links to the lowers)",
+            "plain directory {} (copies of the merged lower files)",
             dataset.flat.display()
         ),
         Kind::Overlay => format!("kernel overlayfs {}", sys::kernel_release()),

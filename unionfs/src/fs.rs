@@ -551,35 +551,33 @@ impl UnionFs {
                     self.u.clear_dir(fd.as_fd())?;
                 }
             }
-            if below && self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts) && !dir {
-                // Replace the file by a whiteout in one step.
+            if below && self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts) {
+                // Replace the entry by a whiteout in one step, as overlayfs
+                // does: a whiteout (a link to the shared one) made in the work
+                // dir swaps places with it, and it is removed there.
                 let up = self.u.upper()?;
-                let tmp = format!(
-                    "#w{}-{}",
-                    std::process::id(),
-                    self.next_fh.fetch_add(1, Ordering::Relaxed)
-                )
-                .into_bytes();
-                match sys::rename_at(
-                    pfd.as_fd(),
-                    name,
-                    up.work.as_fd(),
-                    &tmp,
-                    libc::RENAME_WHITEOUT,
-                ) {
-                    Ok(()) => {
-                        sys::unlink_at(up.work.as_fd(), &tmp, false).map_err(errno)?;
-                        if self.u.privileged {
-                            // The kernel made the whiteout with the directory's
-                            // group if it is set-group-ID; overlayfs's belong to
-                            // the mounter.
-                            let _ = sys::chown_at(pfd.as_fd(), name, sys::euid(), sys::egid());
+                let swapped = match self.u.work_whiteout(up) {
+                    Ok(tmp) => match sys::rename_at(
+                        up.work.as_fd(),
+                        &tmp,
+                        pfd.as_fd(),
+                        name,
+                        libc::RENAME_EXCHANGE,
+                    ) {
+                        Ok(()) => {
+                            sys::unlink_at(up.work.as_fd(), &tmp, dir).map_err(errno)?;
+                            true
                         }
-                    }
-                    Err(_) => {
-                        sys::unlink_at(pfd.as_fd(), name, false).map_err(errno)?;
-                        self.u.write_whiteout(pfd.as_fd(), name)?;
-                    }
+                        Err(_) => {
+                            let _ = sys::unlink_at(up.work.as_fd(), &tmp, false);
+                            false
+                        }
+                    },
+                    Err(_) => false,
+                };
+                if !swapped {
+                    sys::unlink_at(pfd.as_fd(), name, dir).map_err(errno)?;
+                    self.u.write_whiteout(pfd.as_fd(), name)?;
                 }
             } else {
                 sys::unlink_at(pfd.as_fd(), name, dir).map_err(errno)?;

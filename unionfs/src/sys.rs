@@ -707,12 +707,6 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The effective group id of the daemon.
-pub fn egid() -> u32 {
-    // SAFETY: getegid cannot fail.
-    unsafe { libc::getegid() }
-}
-
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (directory handles are cached).
 pub fn raise_nofile_limit() {
     let mut rl = libc::rlimit {

@@ -47,6 +47,11 @@ pub struct Upper {
     pub char_whiteouts: bool,
     /// Private xattr namespace: `trusted.` as root, `user.` otherwise.
     pub xattr_ns: &'static str,
+    /// Name in the work dir of the whiteout inode that new whiteouts are
+    /// hard links to (overlayfs does the same since Linux 5.8): removing a
+    /// lower file then allocates no inode. `None` until the first is made,
+    /// or after the upper filesystem refused a link.
+    pub shared_whiteout: parking_lot::Mutex<Option<Vec<u8>>>,
 }
 
 impl Upper {
@@ -1201,6 +1206,37 @@ impl Union {
         Ok(())
     }
 
+    /// Makes a char 0/0 whiteout under a fresh temporary name in the work
+    /// dir and returns that name. It is a hard link to the shared whiteout
+    /// inode; when the link count is exhausted (EMLINK) a new shared inode
+    /// is started, and a filesystem that refuses links gets a fresh inode
+    /// per whiteout.
+    pub fn work_whiteout(&self, up: &Upper) -> io::Result<Vec<u8>> {
+        let work = up.work.as_fd();
+        let tmp = self.tmp_name();
+        let mut shared = up.shared_whiteout.lock();
+        for _ in 0..2 {
+            let Some(name) = shared.as_ref() else { break };
+            match sys::link_at(work, name, work, &tmp) {
+                Ok(()) => return Ok(tmp),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMLINK | libc::ENOENT)) => {
+                    // Full, or removed behind our back: start a new one.
+                    let _ = sys::unlink_at(work, name, false);
+                    let fresh = self.tmp_name();
+                    sys::mknod_at(work, &fresh, libc::S_IFCHR, 0)?;
+                    *shared = Some(fresh);
+                }
+                Err(e) => {
+                    tracing::warn!("work dir refuses hard links ({e}): one inode per whiteout");
+                    *shared = None;
+                }
+            }
+        }
+        drop(shared);
+        sys::mknod_at(work, &tmp, libc::S_IFCHR, 0)?;
+        Ok(tmp)
+    }
+
     /// Writes a whiteout for `name` in upper directory `dir`.
     pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Res<()> {
         let up = self.upper()?;
@@ -1208,9 +1244,8 @@ impl Union {
             // Made in the work dir and moved into place, as overlayfs does:
             // the whiteout belongs to the mounter even in a set-group-ID
             // directory, and never shows half made.
-            let tmp = self.tmp_name();
-            match sys::mknod_at(up.work.as_fd(), &tmp, libc::S_IFCHR, 0) {
-                Ok(()) => {
+            match self.work_whiteout(up) {
+                Ok(tmp) => {
                     return match sys::rename_at(
                         up.work.as_fd(),
                         &tmp,
