@@ -11,7 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -133,24 +133,7 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn assert_work_clean(f: &Fixture, ctx: &str) {
-    let mut left = leftovers(&f.work);
-    // The mount keeps one whiteout in the work dir that later whiteouts are
-    // hard links to (as overlayfs does); it is made after the clean-up.
-    let shared: Vec<PathBuf> = left
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("#whiteout-"))
-                && fs::symlink_metadata(p)
-                    .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
-        })
-        .cloned()
-        .collect();
-    assert!(
-        shared.len() <= 1,
-        "{ctx}: more than one shared whiteout in the work dir: {shared:?}"
-    );
-    left.retain(|p| !shared.contains(p));
+    let left = leftovers(&f.work);
     assert!(
         left.is_empty(),
         "{ctx}: work dir leftovers not cleaned at mount: {left:?}"

@@ -18,6 +18,9 @@ struct DNode {
     parent: LNode,
     name: Box<[u8]>,
     dir_fd: OnceLock<Arc<OwnedFd>>,
+    /// Whether the directory is opaque; lowers do not change, so it is
+    /// asked once (resolving a name and listing the directory both need it).
+    opaque: OnceLock<bool>,
 }
 
 /// A host directory used as a read-only layer.
@@ -44,6 +47,7 @@ impl DirLayer {
             parent: ROOT,
             name: Box::from(&b""[..]),
             dir_fd: OnceLock::new(),
+            opaque: OnceLock::new(),
         };
         let _ = root.dir_fd.set(Arc::new(fd));
         nodes.insert(ROOT, Arc::new(root));
@@ -104,6 +108,7 @@ impl DirLayer {
                     parent: dir,
                     name: Box::from(name),
                     dir_fd: OnceLock::new(),
+                    opaque: OnceLock::new(),
                 }),
             );
             id
@@ -121,11 +126,23 @@ impl Layer for DirLayer {
     }
 
     fn lookup(&self, dir: LNode, name: &[u8]) -> io::Result<Option<(LNode, EntryKind)>> {
+        Ok(self.lookup_attr(dir, name)?.map(|(n, k, _)| (n, k)))
+    }
+
+    fn lookup_attr(
+        &self,
+        dir: LNode,
+        name: &[u8],
+    ) -> io::Result<Option<(LNode, EntryKind, Option<LayerAttr>)>> {
         let fd = self.dir_fd(dir)?;
         match whiteout::classify_at(fd.as_fd(), name)? {
             None => Ok(None),
-            Some((_, EntryKind::Whiteout)) => Ok(Some((0, EntryKind::Whiteout))),
-            Some((_, kind)) => Ok(Some((self.intern(dir, name), kind))),
+            Some((_, EntryKind::Whiteout)) => Ok(Some((0, EntryKind::Whiteout, None))),
+            Some((st, kind)) => Ok(Some((
+                self.intern(dir, name),
+                kind,
+                st.as_ref().map(LayerAttr::from_stat),
+            ))),
         }
     }
 
@@ -145,8 +162,14 @@ impl Layer for DirLayer {
     }
 
     fn is_opaque(&self, dir: LNode) -> io::Result<bool> {
+        let node = self.node(dir)?;
+        if let Some(&o) = node.opaque.get() {
+            return Ok(o);
+        }
         let fd = self.dir_fd(dir)?;
-        Ok(whiteout::dir_is_opaque(fd.as_fd()))
+        let o = whiteout::dir_is_opaque(fd.as_fd());
+        let _ = node.opaque.set(o);
+        Ok(o)
     }
 
     fn readlink(&self, node: LNode) -> io::Result<Vec<u8>> {

@@ -1728,7 +1728,7 @@ impl Filesystem for UnionFs {
                             Err(_) => false,
                         }
                     }
-                    Slot::Entry(d) => match self.u.resolve(&dir, &d.name) {
+                    Slot::Entry(d) => match self.u.resolve_listed(&dir, &list, d) {
                         Ok(Some((node, attr))) => {
                             let ttl = self.entry_ttl(dir.ino, &d.name, &node, &attr);
                             let full = reply.add(

@@ -148,6 +148,18 @@ pub trait Layer: Send + Sync {
     /// Attributes of `node`.
     fn attr(&self, node: LNode) -> io::Result<LayerAttr>;
 
+    /// [`Layer::lookup`] that also returns the entry's attributes when the
+    /// lookup already had them (a plain directory stats the name to look it
+    /// up), saving the [`Layer::attr`] call that usually follows.
+    #[allow(clippy::type_complexity)]
+    fn lookup_attr(
+        &self,
+        dir: LNode,
+        name: &[u8],
+    ) -> io::Result<Option<(LNode, EntryKind, Option<LayerAttr>)>> {
+        Ok(self.lookup(dir, name)?.map(|(n, k)| (n, k, None)))
+    }
+
     /// All entries of directory `dir`, whiteouts included as [`EntryKind::Whiteout`].
     fn read_dir(&self, dir: LNode) -> io::Result<Vec<LayerEntry>>;
 

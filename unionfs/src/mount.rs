@@ -170,18 +170,17 @@ fn open_upper(upper: &Path, work: &Path) -> Result<Upper, Error> {
         index: Some(Arc::new(index)),
         char_whiteouts: false,
         xattr_ns: if privileged { "trusted." } else { "user." },
-        shared_whiteout: parking_lot::Mutex::new(None),
+        shared_whiteout: Default::default(),
     };
     // Leftovers of an interrupted copy-up are never visible: remove them.
     clean_work(&up).map_err(io_err(format!(
         "cleaning work directory {}/work",
         work.display()
     )))?;
-    let probe = format!("#whiteout-{}", std::process::id()).into_bytes();
+    let probe = format!("#probe-{}", std::process::id()).into_bytes();
     if sys::mknod_at(up.work.as_fd(), &probe, libc::S_IFCHR, 0).is_ok() {
-        // The probe becomes the shared whiteout inode.
         up.char_whiteouts = true;
-        up.shared_whiteout = parking_lot::Mutex::new(Some(probe));
+        let _ = sys::unlink_at(up.work.as_fd(), &probe, false);
     }
     Ok(up)
 }

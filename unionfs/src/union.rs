@@ -2,7 +2,7 @@
 //! copy-up and the writes into the upper directory. The FUSE glue in
 //! `fs.rs` calls into this.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::num::NonZeroUsize;
@@ -49,9 +49,20 @@ pub struct Upper {
     pub xattr_ns: &'static str,
     /// Name in the work dir of the whiteout inode that new whiteouts are
     /// hard links to (overlayfs does the same since Linux 5.8): removing a
-    /// lower file then allocates no inode. `None` until the first is made,
-    /// or after the upper filesystem refused a link.
-    pub shared_whiteout: parking_lot::Mutex<Option<Vec<u8>>>,
+    /// lower file then allocates no inode. Made by the first whiteout.
+    pub shared_whiteout: Mutex<SharedWhiteout>,
+}
+
+/// State of [`Upper::shared_whiteout`].
+#[derive(Debug, Default)]
+pub enum SharedWhiteout {
+    /// Not made yet.
+    #[default]
+    Unmade,
+    /// This work-dir name.
+    Made(Vec<u8>),
+    /// The upper filesystem refused a hard link: one inode per whiteout.
+    Refused,
 }
 
 impl Upper {
@@ -69,6 +80,31 @@ pub struct DirEnt {
     pub ino: u64,
     /// Kind.
     pub kind: EntryKind,
+    /// Bit `l` set: lower layer `l` holds the name (see [`LowerHint`]).
+    pub in_lowers: u64,
+}
+
+/// What a merged listing learned about the lowers of one of its names:
+/// a lower layer that was listed without the name need not be asked for
+/// it again (lowers never change). Layers past the 64th are always asked.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LowerHint {
+    listed: u64,
+    present: u64,
+}
+
+impl LowerHint {
+    fn absent_from(self, layer: usize) -> bool {
+        layer < 64 && (self.listed >> layer) & 1 == 1 && (self.present >> layer) & 1 == 0
+    }
+}
+
+fn layer_bit(layer: usize) -> u64 {
+    if layer < 64 {
+        1 << layer
+    } else {
+        0
+    }
 }
 
 /// readdir position of the first listing entry: positions 1 and 2 are
@@ -88,10 +124,27 @@ pub const FIRST_COOKIE: u64 = 3;
 pub struct Listing {
     entries: Vec<DirEnt>,
     cookies: Vec<u64>,
+    /// The directory's lowers when it was listed, and which were read.
+    lowers: Vec<(usize, LNode)>,
+    listed: u64,
 }
 
 impl Listing {
-    fn new(entries: Vec<DirEnt>, hasher: &RandomState) -> Listing {
+    /// The lower-layer hint for `entry` of this listing, when `lowers` are
+    /// still the directory's lowers.
+    pub fn hint(&self, entry: &DirEnt) -> LowerHint {
+        LowerHint {
+            listed: self.listed,
+            present: entry.in_lowers,
+        }
+    }
+
+    fn new(
+        entries: Vec<DirEnt>,
+        hasher: &RandomState,
+        lowers: Vec<(usize, LNode)>,
+        listed: u64,
+    ) -> Listing {
         let mut keyed: Vec<(u64, DirEnt)> = entries
             .into_iter()
             .map(|d| (FIRST_COOKIE + (hasher.hash_one(&d.name) >> 2), d))
@@ -110,6 +163,8 @@ impl Listing {
         Listing {
             entries: out,
             cookies,
+            lowers,
+            listed,
         }
     }
 
@@ -486,23 +541,36 @@ impl Union {
 
     /// Looks `name` up below the upper: the lower objects visible at that
     /// name given the parent's lowers. Stops at whiteouts and opaque dirs.
+    /// The lowers holding `name` under `lowers` (top first: the first
+    /// non-directory, or every directory down to an opaque one), with the
+    /// first one's attributes when the lookup had them.
+    #[allow(clippy::type_complexity)]
     fn lower_candidates(
         &self,
         lowers: &[(usize, LNode)],
         name: &[u8],
         dirs_only: bool,
-    ) -> Res<Vec<(usize, LNode, EntryKind)>> {
+        hint: LowerHint,
+    ) -> Res<(Vec<(usize, LNode, EntryKind)>, Option<LayerAttr>)> {
         let mut out = Vec::new();
+        let mut first_attr = None;
         for &(l, dir) in lowers {
-            match self.layers[l].lookup(dir, name).map_err(errno)? {
+            if hint.absent_from(l) {
+                continue;
+            }
+            match self.layers[l].lookup_attr(dir, name).map_err(errno)? {
                 None => continue,
-                Some((_, EntryKind::Whiteout)) => break,
-                Some((n, kind)) => {
+                Some((_, EntryKind::Whiteout, _)) => break,
+                Some((n, kind, attr)) => {
                     if kind != EntryKind::Dir {
                         if out.is_empty() && !dirs_only {
                             out.push((l, n, kind));
+                            first_attr = attr;
                         }
                         break;
+                    }
+                    if out.is_empty() {
+                        first_attr = attr;
                     }
                     out.push((l, n, kind));
                     if self.layers[l].is_opaque(n).map_err(errno)? {
@@ -511,7 +579,7 @@ impl Union {
                 }
             }
         }
-        Ok(out)
+        Ok((out, first_attr))
     }
 
     /// Whether `name` is visible in the lowers of `parent` (so deleting it needs a whiteout).
@@ -520,7 +588,8 @@ impl Union {
             return Ok(false);
         }
         Ok(!self
-            .lower_candidates(&parent.lowers, name, false)?
+            .lower_candidates(&parent.lowers, name, false, LowerHint::default())?
+            .0
             .is_empty())
     }
 
@@ -533,6 +602,26 @@ impl Union {
     /// Resolves `name` in `parent` to a node (creating or refreshing it);
     /// `Ok(None)` when it does not exist in the union.
     pub fn resolve(&self, parent: &Arc<Node>, name: &[u8]) -> Res<Option<(Arc<Node>, LayerAttr)>> {
+        self.resolve_hinted(parent, name, None)
+    }
+
+    /// [`Union::resolve`] for a name of `listing`, the parent's listing:
+    /// lower layers the listing showed without the name are not asked.
+    pub fn resolve_listed(
+        &self,
+        parent: &Arc<Node>,
+        listing: &Listing,
+        entry: &DirEnt,
+    ) -> Res<Option<(Arc<Node>, LayerAttr)>> {
+        self.resolve_hinted(parent, &entry.name, Some((listing, listing.hint(entry))))
+    }
+
+    fn resolve_hinted(
+        &self,
+        parent: &Arc<Node>,
+        name: &[u8],
+        hint: Option<(&Listing, LowerHint)>,
+    ) -> Res<Option<(Arc<Node>, LayerAttr)>> {
         if name.len() > 255 {
             return Err(libc::ENAMETOOLONG);
         }
@@ -540,6 +629,12 @@ impl Union {
             return Err(libc::EINVAL);
         }
         let ps = parent.snapshot();
+        // The hint holds only while the directory still has the lowers it
+        // was listed with.
+        let hint = match hint {
+            Some((listing, h)) if listing.lowers == ps.lowers => h,
+            _ => LowerHint::default(),
+        };
         let mut upper_st: Option<libc::stat> = None;
         let mut upper_dir_fd: Option<Arc<OwnedFd>> = None;
         let mut opaque = false;
@@ -608,6 +703,7 @@ impl Union {
             None => join_path(&ps.lower_path, name),
         };
         let mut lowers: Vec<(usize, LNode, EntryKind)> = Vec::new();
+        let mut first_attr: Option<LayerAttr> = None;
         let search_lowers = match upper_kind {
             None => true,
             Some(EntryKind::Dir) => !opaque,
@@ -636,8 +732,11 @@ impl Union {
                 }
             } else {
                 let dirs_only = upper_kind == Some(EntryKind::Dir);
-                lowers = self.lower_candidates(&ps.lowers, name, dirs_only)?;
+                (lowers, first_attr) = self.lower_candidates(&ps.lowers, name, dirs_only, hint)?;
                 if metacopy {
+                    if lowers.first().is_some_and(|c| c.2 != EntryKind::File) {
+                        first_attr = None;
+                    }
                     lowers.retain(|c| c.2 == EntryKind::File);
                     lowers.truncate(1);
                 }
@@ -657,14 +756,17 @@ impl Union {
             let ino = match origin {
                 Some(o) => o,
                 None if kind == EntryKind::Dir && !lowers.is_empty() => {
-                    let la = self.layers[lowers[0].0].attr(lowers[0].1).map_err(errno)?;
+                    let la = match first_attr.take() {
+                        Some(a) => a,
+                        None => self.layers[lowers[0].0].attr(lowers[0].1).map_err(errno)?,
+                    };
                     self.inos.compose(lower_tag(lowers[0].0), la.ino)
                 }
                 None => self.inos.compose(UPPER_TAG, st.st_ino),
             };
             if metacopy {
                 if let Some(&(l, n, _)) = lowers.first() {
-                    if let Ok(la) = self.layers[l].attr(n) {
+                    if let Some(la) = first_attr.take().or_else(|| self.layers[l].attr(n).ok()) {
                         a.blocks = la.blocks;
                     }
                 }
@@ -672,7 +774,10 @@ impl Union {
             (a, ino)
         } else {
             let (l, n, _) = lowers[0];
-            let la = self.layers[l].attr(n).map_err(errno)?;
+            let la = match first_attr.take() {
+                Some(a) => a,
+                None => self.layers[l].attr(n).map_err(errno)?,
+            };
             let ino = self.inos.compose(lower_tag(l), la.ino);
             if kind == EntryKind::File && la.nlink > 1 {
                 // A name of a lower hard-link group whose upper copy is in the index.
@@ -940,42 +1045,67 @@ impl Union {
             return Ok(l.clone());
         }
         let st = node.snapshot();
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let mut out = Vec::new();
+        // Name -> its index in `out` (or None for a name hidden by a whiteout).
+        let mut seen: HashMap<Vec<u8>, Option<usize>> = HashMap::new();
+        let mut out: Vec<DirEnt> = Vec::new();
+        let mut listed = 0u64;
         if let Some(fd) = st.upper_dir() {
             for e in whiteout::read_dir_classified(fd.as_fd()).map_err(errno)? {
-                if !seen.insert(e.name.clone()) || e.kind == EntryKind::Whiteout {
+                if seen.contains_key(&e.name) {
+                    continue;
+                }
+                if e.kind == EntryKind::Whiteout {
+                    seen.insert(e.name, None);
                     continue;
                 }
                 let ino = match self.origin_of(fd.as_fd(), &e.name) {
                     Some(o) => o,
                     None => self.inos.compose(UPPER_TAG, e.ino),
                 };
+                seen.insert(e.name.clone(), Some(out.len()));
                 out.push(DirEnt {
                     name: e.name,
                     ino,
                     kind: e.kind,
+                    in_lowers: 0,
                 });
             }
         }
         if !st.opaque {
             for &(l, dir) in &st.lowers {
                 for e in self.layers[l].read_dir(dir).map_err(errno)? {
-                    if !seen.insert(e.name.clone()) || e.kind == EntryKind::Whiteout {
+                    match seen.get(&e.name) {
+                        Some(Some(i)) => {
+                            out[*i].in_lowers |= layer_bit(l);
+                            continue;
+                        }
+                        Some(None) => continue,
+                        None => {}
+                    }
+                    if e.kind == EntryKind::Whiteout {
+                        seen.insert(e.name, None);
                         continue;
                     }
+                    seen.insert(e.name.clone(), Some(out.len()));
                     out.push(DirEnt {
                         ino: self.inos.compose(lower_tag(l), e.ino),
                         name: e.name,
                         kind: e.kind,
+                        in_lowers: layer_bit(l),
                     });
                 }
+                listed |= layer_bit(l);
                 if self.layers[l].is_opaque(dir).map_err(errno)? {
                     break;
                 }
             }
         }
-        let list = Arc::new(Listing::new(out, &self.cookie_key));
+        let list = Arc::new(Listing::new(
+            out,
+            &self.cookie_key,
+            st.lowers.clone(),
+            listed,
+        ));
         self.dir_cache.lock().put(node.ino, list.clone());
         Ok(list)
     }
@@ -1215,20 +1345,27 @@ impl Union {
         let work = up.work.as_fd();
         let tmp = self.tmp_name();
         let mut shared = up.shared_whiteout.lock();
+        // Two tries: a full or vanished shared inode is replaced once.
         for _ in 0..2 {
-            let Some(name) = shared.as_ref() else { break };
-            match sys::link_at(work, name, work, &tmp) {
+            let name = match &*shared {
+                SharedWhiteout::Refused => break,
+                SharedWhiteout::Made(name) => name.clone(),
+                SharedWhiteout::Unmade => {
+                    let name = self.tmp_name();
+                    sys::mknod_at(work, &name, libc::S_IFCHR, 0)?;
+                    *shared = SharedWhiteout::Made(name.clone());
+                    name
+                }
+            };
+            match sys::link_at(work, &name, work, &tmp) {
                 Ok(()) => return Ok(tmp),
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMLINK | libc::ENOENT)) => {
-                    // Full, or removed behind our back: start a new one.
-                    let _ = sys::unlink_at(work, name, false);
-                    let fresh = self.tmp_name();
-                    sys::mknod_at(work, &fresh, libc::S_IFCHR, 0)?;
-                    *shared = Some(fresh);
+                    let _ = sys::unlink_at(work, &name, false);
+                    *shared = SharedWhiteout::Unmade;
                 }
                 Err(e) => {
                     tracing::warn!("work dir refuses hard links ({e}): one inode per whiteout");
-                    *shared = None;
+                    *shared = SharedWhiteout::Refused;
                 }
             }
         }
