@@ -756,6 +756,28 @@ fn unionfs_reads_kernel_metacopy_redirect_upper() {
     }
 }
 
+/// A directory redirect is followed layer by layer, and an opaque
+/// directory part-way along the redirect path hides the layers below, as
+/// in overlayfs: `d` (the old `e/e`) must not show `a` from the bottom
+/// layer, which the opaque `e` of the middle layer hides (fsfuzz seed
+/// 901500, seen when unionfs mounts the upper the kernel wrote).
+#[test]
+fn redirect_path_stops_at_an_opaque_dir_part_way() {
+    let s = sc(
+        vec![
+            vec![Node::file("d", b"file d\n"), Node::dir("e/e")],
+            vec![Node::opaque_dir("e")],
+            vec![Node::dir("e/e/a")],
+        ],
+        vec![Op::Rename {
+            from: p("d"),
+            to: p("e/e"),
+            mode: RenameMode::Exchange,
+        }],
+    );
+    assert_same(&s);
+}
+
 // ---- upper format ----
 
 /// An upper written by unionfs must not carry private `trusted.*` xattrs:

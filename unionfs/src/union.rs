@@ -503,18 +503,24 @@ impl Union {
     }
 
     /// Follows a directory redirect `path` (`/`-separated from the root)
-    /// in one lower layer.
+    /// in one lower layer. As in overlayfs, an opaque directory anywhere
+    /// on the path (not only at its end) hides the layers below.
     fn walk_redirect(&self, layer: usize, path: &[u8]) -> RedirectWalk {
         let l = &self.layers[layer];
         let mut cur = l.root();
+        let mut opaque = false;
         for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             match l.lookup(cur, comp) {
-                Ok(Some((n, EntryKind::Dir))) => cur = n,
+                Ok(Some((n, EntryKind::Dir))) => {
+                    cur = n;
+                    opaque |= l.is_opaque(n).unwrap_or(false);
+                }
                 Ok(Some(_)) => return RedirectWalk::Stop,
+                Ok(None) | Err(_) if opaque => return RedirectWalk::Stop,
                 Ok(None) | Err(_) => return RedirectWalk::Missing,
             }
         }
-        RedirectWalk::Dir(cur)
+        RedirectWalk::Dir(cur, opaque)
     }
 
     /// The topmost lower non-directory at `path` (`/`-separated from the
@@ -539,8 +545,6 @@ impl Union {
         None
     }
 
-    /// Looks `name` up below the upper: the lower objects visible at that
-    /// name given the parent's lowers. Stops at whiteouts and opaque dirs.
     /// The lowers holding `name` under `lowers` (top first: the first
     /// non-directory, or every directory down to an opaque one), with the
     /// first one's attributes when the lookup had them.
@@ -718,9 +722,9 @@ impl Union {
             } else if redirect.is_some() {
                 for l in 0..self.layers.len() {
                     match self.walk_redirect(l, &lower_path) {
-                        RedirectWalk::Dir(n) => {
+                        RedirectWalk::Dir(n, opaque) => {
                             lowers.push((l, n, EntryKind::Dir));
-                            if self.layers[l].is_opaque(n).map_err(errno)? {
+                            if opaque {
                                 break;
                             }
                         }
@@ -1594,8 +1598,9 @@ pub fn copy_data(src: &LayerData, dst: BorrowedFd<'_>, size: u64) -> io::Result<
 
 /// What one lower layer holds at a directory redirect's path.
 enum RedirectWalk {
-    /// A directory: part of the merged view.
-    Dir(LNode),
+    /// A directory: part of the merged view; `true` when an opaque
+    /// directory on the way (or the directory itself) hides the layers below.
+    Dir(LNode, bool),
     /// Nothing there: look further down.
     Missing,
     /// A whiteout or a non-directory: the layers below are hidden.
