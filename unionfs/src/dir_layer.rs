@@ -2,7 +2,13 @@
 //!
 //! Every access is relative to a directory fd (`O_PATH`), opened once per
 //! directory and kept, so deep trees work however long their host path is.
+//!
+//! Every name the union asks about gets a layer node number, kept until
+//! unmount. The tables are compact (one map entry per name, the name stored
+//! once, found again by a keyed hash), because a walk of a large tree asks
+//! about every name in every layer.
 
+use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -26,9 +32,16 @@ struct DNode {
 /// A host directory used as a read-only layer.
 pub struct DirLayer {
     path: PathBuf,
-    nodes: DashMap<LNode, Arc<DNode>>,
-    by_name: DashMap<(LNode, Box<[u8]>), LNode>,
+    nodes: DashMap<LNode, DNode>,
+    /// (parent, keyed hash of the name) -> node; the node holds the name.
+    by_hash: DashMap<(LNode, u64), LNode>,
+    /// The rare second name of a parent whose hash is already taken.
+    collided: DashMap<(LNode, Box<[u8]>), LNode>,
+    name_key: RandomState,
     next: AtomicU64,
+    /// Tests: every name hashes alike, so the collision path is taken.
+    #[cfg(test)]
+    same_hash: bool,
 }
 
 const ROOT: LNode = 1;
@@ -50,40 +63,42 @@ impl DirLayer {
             opaque: OnceLock::new(),
         };
         let _ = root.dir_fd.set(Arc::new(fd));
-        nodes.insert(ROOT, Arc::new(root));
+        nodes.insert(ROOT, root);
         Ok(DirLayer {
             path: path.to_path_buf(),
             nodes,
-            by_name: DashMap::new(),
+            by_hash: DashMap::new(),
+            collided: DashMap::new(),
+            name_key: RandomState::new(),
             next: AtomicU64::new(ROOT + 1),
+            #[cfg(test)]
+            same_hash: false,
         })
     }
 
-    fn node(&self, id: LNode) -> io::Result<Arc<DNode>> {
-        self.nodes
-            .get(&id)
-            .map(|n| n.clone())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))
+    fn stale() -> io::Error {
+        io::Error::from_raw_os_error(libc::ESTALE)
     }
 
     /// The directory fd of directory node `id`.
     fn dir_fd(&self, id: LNode) -> io::Result<Arc<OwnedFd>> {
-        let node = self.node(id)?;
-        if let Some(fd) = node.dir_fd.get() {
-            return Ok(fd.clone());
-        }
-        let parent = self.dir_fd(node.parent)?;
-        let fd = sys::open_at(
-            parent.as_fd(),
-            &node.name,
+        // Map guards are dropped before recursing or calling the kernel.
+        let (parent, name) = {
+            let node = self.nodes.get(&id).ok_or_else(Self::stale)?;
+            if let Some(fd) = node.dir_fd.get() {
+                return Ok(fd.clone());
+            }
+            (node.parent, node.name.clone())
+        };
+        let pfd = self.dir_fd(parent)?;
+        let fd = Arc::new(sys::open_at(
+            pfd.as_fd(),
+            &name,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
-        )?;
-        let _ = node.dir_fd.set(Arc::new(fd));
-        node.dir_fd
-            .get()
-            .cloned()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
+        )?);
+        let node = self.nodes.get(&id).ok_or_else(Self::stale)?;
+        Ok(node.dir_fd.get_or_init(|| fd).clone())
     }
 
     /// (parent dir fd, name) of a node; the root is (root fd, "").
@@ -91,28 +106,64 @@ impl DirLayer {
         if id == ROOT {
             return Ok((self.dir_fd(ROOT)?, Box::from(&b""[..])));
         }
-        let node = self.node(id)?;
-        Ok((self.dir_fd(node.parent)?, node.name.clone()))
+        let (parent, name) = {
+            let node = self.nodes.get(&id).ok_or_else(Self::stale)?;
+            (node.parent, node.name.clone())
+        };
+        Ok((self.dir_fd(parent)?, name))
+    }
+
+    fn named(&self, id: LNode, name: &[u8]) -> bool {
+        self.nodes.get(&id).is_some_and(|n| &*n.name == name)
+    }
+
+    fn new_node(&self, dir: LNode, name: &[u8]) -> LNode {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.nodes.insert(
+            id,
+            DNode {
+                parent: dir,
+                name: Box::from(name),
+                dir_fd: OnceLock::new(),
+                opaque: OnceLock::new(),
+            },
+        );
+        id
+    }
+
+    fn name_hash(&self, name: &[u8]) -> u64 {
+        #[cfg(test)]
+        if self.same_hash {
+            return 0;
+        }
+        self.name_key.hash_one(name)
     }
 
     fn intern(&self, dir: LNode, name: &[u8]) -> LNode {
-        let key = (dir, Box::from(name));
-        if let Some(id) = self.by_name.get(&key) {
-            return *id;
+        let key = (dir, self.name_hash(name));
+        if let Some(id) = self.by_hash.get(&key).map(|id| *id) {
+            if self.named(id, name) {
+                return id;
+            }
+            // Another name of `dir` has this hash (a 64-bit keyed hash: rare).
+            return *self
+                .collided
+                .entry((dir, Box::from(name)))
+                .or_insert_with(|| self.new_node(dir, name));
         }
-        *self.by_name.entry(key).or_insert_with(|| {
-            let id = self.next.fetch_add(1, Ordering::Relaxed);
-            self.nodes.insert(
-                id,
-                Arc::new(DNode {
-                    parent: dir,
-                    name: Box::from(name),
-                    dir_fd: OnceLock::new(),
-                    opaque: OnceLock::new(),
-                }),
-            );
+        let id = *self
+            .by_hash
+            .entry(key)
+            .or_insert_with(|| self.new_node(dir, name));
+        if self.named(id, name) {
             id
-        })
+        } else {
+            // Lost a race to a colliding name.
+            *self
+                .collided
+                .entry((dir, Box::from(name)))
+                .or_insert_with(|| self.new_node(dir, name))
+        }
     }
 }
 
@@ -162,13 +213,14 @@ impl Layer for DirLayer {
     }
 
     fn is_opaque(&self, dir: LNode) -> io::Result<bool> {
-        let node = self.node(dir)?;
-        if let Some(&o) = node.opaque.get() {
+        if let Some(&o) = self.nodes.get(&dir).ok_or_else(Self::stale)?.opaque.get() {
             return Ok(o);
         }
         let fd = self.dir_fd(dir)?;
         let o = whiteout::dir_is_opaque(fd.as_fd());
-        let _ = node.opaque.set(o);
+        if let Some(node) = self.nodes.get(&dir) {
+            let _ = node.opaque.set(o);
+        }
         Ok(o)
     }
 
@@ -204,5 +256,72 @@ impl Layer for DirLayer {
             }
         })?;
         Ok(LayerData::File(sys::into_file(fd)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(t.path().join("a/b")).expect("mkdir");
+        for i in 0..200 {
+            std::fs::write(t.path().join(format!("a/f{i}")), vec![b'x'; i]).expect("write");
+        }
+        std::fs::write(t.path().join("a/b/deep"), b"deep").expect("write");
+        t
+    }
+
+    fn check(layer: &DirLayer) {
+        let root = layer.root();
+        let (a, kind) = layer.lookup(root, b"a").expect("lookup").expect("a exists");
+        assert_eq!(kind, EntryKind::Dir);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            let name = format!("f{i}");
+            let (n, kind) = layer
+                .lookup(a, name.as_bytes())
+                .expect("lookup")
+                .expect("exists");
+            assert_eq!(kind, EntryKind::File);
+            assert!(seen.insert(n), "{name} got the node of another name");
+            let again = layer
+                .lookup(a, name.as_bytes())
+                .expect("lookup")
+                .expect("exists");
+            assert_eq!(again.0, n, "{name} got a second node");
+            assert_eq!(layer.attr(n).expect("attr").size, i as u64, "{name}");
+        }
+        assert!(layer.lookup(a, b"missing").expect("lookup").is_none());
+        let (b, _) = layer.lookup(a, b"b").expect("lookup").expect("b exists");
+        let (deep, _) = layer
+            .lookup(b, b"deep")
+            .expect("lookup")
+            .expect("deep exists");
+        match layer.open(deep).expect("open") {
+            LayerData::File(mut f) => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut f, &mut s).expect("read");
+                assert_eq!(s, "deep");
+            }
+            LayerData::Inline(_) => panic!("a directory layer has no inline data"),
+        }
+        assert!(!layer.is_opaque(b).expect("opaque"));
+        assert_eq!(layer.read_dir(a).expect("read_dir").len(), 201);
+    }
+
+    #[test]
+    fn names_get_one_node_each() {
+        let t = tree();
+        check(&DirLayer::open(t.path()).expect("open layer"));
+    }
+
+    #[test]
+    fn names_with_the_same_hash_stay_apart() {
+        let t = tree();
+        let mut layer = DirLayer::open(t.path()).expect("open layer");
+        layer.same_hash = true;
+        check(&layer);
     }
 }

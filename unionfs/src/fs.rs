@@ -754,7 +754,7 @@ impl UnionFs {
             {
                 let mut w = d.state.write();
                 w.parent = Some(op.clone());
-                w.name = name.to_vec();
+                w.name = name.into();
             }
         } else {
             // Clear what is at the target in the upper: a whiteout or an empty merged dir.
@@ -840,7 +840,7 @@ impl UnionFs {
         {
             let mut w = src.state.write();
             w.parent = Some(np.clone());
-            w.name = newname.to_vec();
+            w.name = newname.into();
         }
         self.u.invalidate_dir(op.ino);
         self.u.invalidate_dir(np.ino);
@@ -1005,11 +1005,11 @@ impl UnionFs {
                     None => match reply.open_backing(file.as_fd()) {
                         Ok(id) => {
                             let id = Arc::new(id);
-                            *b = Some(Backing {
+                            *b = Some(Box::new(Backing {
                                 id: id.clone(),
                                 upper: *upper,
                                 refs: 1,
-                            });
+                            }));
                             Some(id)
                         }
                         Err(_) => None,
@@ -1507,7 +1507,7 @@ impl Filesystem for UnionFs {
                     // one perhaps with a long lifetime.
                     self.link_names.insert(n.ino, LinkNames::Many);
                     if let Some((p, name)) = source {
-                        if (p, name.as_slice()) != (newparent.0, newname) {
+                        if (p, &name[..]) != (newparent.0, newname) {
                             self.invalidate_names_later(p, n.ino, (newparent.0, newname));
                         }
                     }
@@ -1940,11 +1940,11 @@ impl Filesystem for UnionFs {
             if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 {
                 if let Ok(id) = reply.open_backing(file.as_fd()) {
                     let id = Arc::new(id);
-                    *node.backing.lock() = Some(Backing {
+                    *node.backing.lock() = Some(Box::new(Backing {
                         id: id.clone(),
                         upper: true,
                         refs: 1,
-                    });
+                    }));
                     let fh = self.new_fh(Handle::File {
                         node: node.clone(),
                         file,

@@ -69,13 +69,13 @@ pub struct NodeState {
     /// Parent directory (the root's parent is itself: `None`).
     pub parent: Option<Arc<Node>>,
     /// Name within the parent (the last name it was looked up by).
-    pub name: Vec<u8>,
+    pub name: Box<[u8]>,
     /// Upper copy, if any.
     pub upper: Option<UpperRef>,
     /// Lower objects, top first: all merged directories, or the one origin of a non-directory.
-    pub lowers: Vec<(usize, LNode)>,
+    pub lowers: Box<[(usize, LNode)]>,
     /// Path of this directory in the lower layers (what a redirect points at), `/`-separated.
-    pub lower_path: Vec<u8>,
+    pub lower_path: Box<[u8]>,
     /// The upper file holds metadata only; data still comes from `lowers[0]`.
     pub metacopy: bool,
     /// The upper directory is opaque.
@@ -126,8 +126,8 @@ pub struct Node {
     pub state: RwLock<NodeState>,
     /// Serialises copy-up of this node.
     pub copy_lock: Mutex<()>,
-    /// Passthrough backing in use.
-    pub backing: Mutex<Option<Backing>>,
+    /// Passthrough backing in use (boxed: few nodes are open at a time).
+    pub backing: Mutex<Option<Box<Backing>>>,
 }
 
 impl Node {

@@ -125,7 +125,7 @@ pub struct Listing {
     entries: Vec<DirEnt>,
     cookies: Vec<u64>,
     /// The directory's lowers when it was listed, and which were read.
-    lowers: Vec<(usize, LNode)>,
+    lowers: Box<[(usize, LNode)]>,
     listed: u64,
 }
 
@@ -142,7 +142,7 @@ impl Listing {
     fn new(
         entries: Vec<DirEnt>,
         hasher: &RandomState,
-        lowers: Vec<(usize, LNode)>,
+        lowers: Box<[(usize, LNode)]>,
         listed: u64,
     ) -> Listing {
         let mut keyed: Vec<(u64, DirEnt)> = entries
@@ -324,10 +324,10 @@ impl Union {
             .collect();
         let root_state = NodeState {
             parent: None,
-            name: Vec::new(),
+            name: Box::default(),
             upper: upper.as_ref().map(|u| UpperRef::Dir(u.root.clone())),
-            lowers,
-            lower_path: Vec::new(),
+            lowers: lowers.into(),
+            lower_path: Box::default(),
             metacopy: false,
             opaque: false,
             unlinked: false,
@@ -480,7 +480,7 @@ impl Union {
         match &st.upper {
             Some(UpperRef::Entry) => {
                 let p = st.parent.as_ref().ok_or(libc::EIO)?;
-                Ok((p.upper_dir().ok_or(libc::EIO)?, st.name.clone()))
+                Ok((p.upper_dir().ok_or(libc::EIO)?, st.name.to_vec()))
             }
             Some(UpperRef::Index(key)) => Ok((self.index_dir()?.clone(), key.clone())),
             Some(UpperRef::Dir(fd)) => Ok((fd.clone(), Vec::new())),
@@ -636,7 +636,7 @@ impl Union {
         // The hint holds only while the directory still has the lowers it
         // was listed with.
         let hint = match hint {
-            Some((listing, h)) if listing.lowers == ps.lowers => h,
+            Some((listing, h)) if *listing.lowers == *ps.lowers => h,
             _ => LowerHint::default(),
         };
         let mut upper_st: Option<libc::stat> = None;
@@ -826,14 +826,14 @@ impl Union {
         }
         let state = NodeState {
             parent: Some(parent.clone()),
-            name: name.to_vec(),
+            name: name.into(),
             upper: match (upper_kind, upper_dir_fd) {
                 (Some(EntryKind::Dir), Some(fd)) => Some(UpperRef::Dir(fd)),
                 (Some(_), _) => Some(UpperRef::Entry),
                 (None, _) => indexed.map(UpperRef::Index),
             },
             lowers: lowers.iter().map(|&(l, n, _)| (l, n)).collect(),
-            lower_path,
+            lower_path: lower_path.into(),
             metacopy,
             opaque,
             unlinked: false,
@@ -923,7 +923,7 @@ impl Union {
         }
         let mut st = node.state.write();
         st.parent = Some(parent.clone());
-        st.name = name.to_vec();
+        st.name = name.into();
         self.invalidate_dir(parent.ino);
         Ok(())
     }
