@@ -440,12 +440,7 @@ impl UnionFs {
         let (p, pfd, below) = self.prepare_create(parent, name)?;
         let up = self.u.upper()?;
         let work = up.work.as_fd();
-        let tmp = format!(
-            "#d{}-{}",
-            std::process::id(),
-            self.next_fh.fetch_add(1, Ordering::Relaxed)
-        )
-        .into_bytes();
+        let tmp = self.u.tmp_name();
         let res = (|| -> Res<()> {
             sys::mkdir_at(work, &tmp, mode & 0o7777).map_err(errno)?;
             sys::chmod_at(work, &tmp, mode & 0o7777).map_err(errno)?;

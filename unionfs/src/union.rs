@@ -267,6 +267,10 @@ pub struct Union {
     /// Daemon runs privileged (chown of new files possible).
     pub privileged: bool,
     tmp_counter: AtomicU64,
+    /// This process's id, for temporary names (`getpid` is a system call).
+    pid: u32,
+    /// The upper filesystem has no reflinks (see [`copy_data`]).
+    no_reflink: std::sync::atomic::AtomicBool,
 }
 
 /// A tracked lower hard-link group.
@@ -350,6 +354,8 @@ impl Union {
             opts,
             privileged: sys::euid() == 0,
             tmp_counter: AtomicU64::new(0),
+            pid: std::process::id(),
+            no_reflink: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1116,9 +1122,10 @@ impl Union {
 
     // ---- upper writes -----------------------------------------------------
 
-    fn tmp_name(&self) -> Vec<u8> {
+    /// A fresh name for a temporary object in the work dir.
+    pub(crate) fn tmp_name(&self) -> Vec<u8> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        format!("#u{}-{n}", std::process::id()).into_bytes()
+        format!("#u{}-{n}", self.pid).into_bytes()
     }
 
     /// Makes sure directory `node` has an upper copy; returns its fd.
@@ -1194,7 +1201,7 @@ impl Union {
                         metacopy = true;
                     } else {
                         let data = layer.open(ln).map_err(errno)?;
-                        copy_data(&data, f.as_fd(), attr.size).map_err(errno)?;
+                        copy_data(&data, f.as_fd(), attr.size, &self.no_reflink).map_err(errno)?;
                         if self.opts.fsync {
                             sys::fsync(f.as_fd(), false).map_err(errno)?;
                         }
@@ -1319,7 +1326,7 @@ impl Union {
         let cur = sys::fstat(f.as_fd()).map_err(errno)?;
         let data = self.layers[l].open(ln).map_err(errno)?;
         let size = self.layers[l].attr(ln).map_err(errno)?.size;
-        copy_data(&data, f.as_fd(), size).map_err(errno)?;
+        copy_data(&data, f.as_fd(), size, &self.no_reflink).map_err(errno)?;
         sys::ftruncate(f.as_fd(), cur.st_size.max(0) as u64).map_err(errno)?;
         if self.opts.fsync {
             sys::fsync(f.as_fd(), false).map_err(errno)?;
@@ -1531,7 +1538,16 @@ impl Union {
 
 /// Copies `size` bytes of layer data into `dst`: FICLONE, then
 /// copy_file_range, then read/write.
-pub fn copy_data(src: &LayerData, dst: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+///
+/// `no_reflink` is set once the upper filesystem answered FICLONE with
+/// EOPNOTSUPP (it has no shared extents, e.g. ext4), and FICLONE is not
+/// tried again.
+pub fn copy_data(
+    src: &LayerData,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    no_reflink: &std::sync::atomic::AtomicBool,
+) -> io::Result<()> {
     match src {
         LayerData::Inline(bytes) => {
             let mut off = 0usize;
@@ -1548,8 +1564,14 @@ pub fn copy_data(src: &LayerData, dst: BorrowedFd<'_>, size: u64) -> io::Result<
             if size == 0 {
                 return Ok(());
             }
-            if sys::ficlone(dst, f.as_fd()).is_ok() {
-                return Ok(());
+            if !no_reflink.load(Ordering::Relaxed) {
+                match sys::ficlone(dst, f.as_fd()) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        no_reflink.store(true, Ordering::Relaxed);
+                    }
+                    Err(_) => {}
+                }
             }
             let mut src_off: i64 = 0;
             let mut dst_off: i64 = 0;
