@@ -548,6 +548,17 @@ fn kernel_overlayfs_sees_the_same_upper() {
     );
 }
 
+/// Runs `cmd` then `path` as user and group `uid`, without supplementary groups.
+fn as_user(uid: u32, cmd: &[&str], path: &Path) -> std::process::Output {
+    let id = uid.to_string();
+    Command::new("setpriv")
+        .args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+        .args(cmd)
+        .arg(path)
+        .output()
+        .expect("run setpriv")
+}
+
 #[test]
 fn posix_details() {
     let s = Scratch::new(1);
@@ -596,19 +607,7 @@ fn posix_details() {
     chmod(&s.m("tmp"), 0o1777);
     write(&s.m("tmp/rootfile"), b"r");
     let (uid, _) = ensure_test_user();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &uid.to_string(),
-            "--clear-groups",
-            "rm",
-            "-f",
-        ])
-        .arg(s.m("tmp/rootfile"))
-        .output()
-        .expect("run setpriv");
+    let out = as_user(uid, &["rm", "-f"], &s.m("tmp/rootfile"));
     assert!(!out.status.success(), "sticky dir must refuse the delete");
     assert!(s.m("tmp/rootfile").exists());
     // O_CREAT|O_EXCL on an existing lower name gives EEXIST.
@@ -619,6 +618,74 @@ fn posix_details() {
         .open(s.m("suid"))
         .expect_err("exists");
     assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+}
+
+/// Writes, truncates and fallocate by an ordinary user clear set-id bits
+/// as the kernel does for any filesystem (and overlayfs shows): set-user-ID
+/// always, set-group-ID with group execute or when the writer is not in the
+/// file's group; a root writer (CAP_FSETID) keeps them. unionfs does this
+/// itself (FUSE_HANDLE_KILLPRIV_V2) and gives set-id files no passthrough.
+#[test]
+fn data_changes_by_a_user_clear_set_id_bits_like_the_kernel() {
+    let s = Scratch::new(1);
+    let (uid, _) = ensure_test_user();
+    for (name, mode) in [
+        ("append", 0o4777),
+        ("trunc", 0o4777),
+        ("overwrite", 0o4777),
+        ("fallocate", 0o6777),
+        ("root", 0o4777),
+        ("sgid_nox", 0o2767),
+        ("sgid_nox_ingroup", 0o2767),
+        ("sgid_x", 0o2777),
+    ] {
+        write(&s.lower(0, name), b"lower data\n");
+        chmod(&s.lower(0, name), mode);
+    }
+    chown(&s.lower(0, "sgid_nox_ingroup"), 0, uid);
+    // The user must reach the mount point (temp dirs are 0700).
+    if let Some(dir) = s.mnt.parent() {
+        chmod(dir, 0o755);
+    }
+    let _m = s.mount("allow_other");
+    // A file the mount made set-user-ID itself (no passthrough for it).
+    write(&s.m("made"), b"new\n");
+    chmod(&s.m("made"), 0o4777);
+    let script = "set -e; cd \"$1\"; echo x >> append; truncate -s 1 trunc; \
+                  echo x > overwrite; fallocate -l 65536 fallocate; echo x >> sgid_nox; \
+                  echo x >> sgid_nox_ingroup; echo x >> sgid_x; echo x >> made";
+    let out = as_user(uid, &["sh", "-c", script, "sh"], &s.mnt);
+    assert!(
+        out.status.success(),
+        "writes as uid {uid} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(s.m("root"))
+        .and_then(|mut f| f.write_all(b"x"))
+        .expect("append as root");
+    let mode = |n: &str| fs::metadata(s.m(n)).expect("stat").mode() & 0o7777;
+    for (name, want) in [
+        ("append", 0o777),
+        ("trunc", 0o777),
+        ("overwrite", 0o777),
+        ("fallocate", 0o777),
+        ("root", 0o4777),
+        ("sgid_nox", 0o767),
+        ("sgid_nox_ingroup", 0o2767),
+        ("sgid_x", 0o777),
+        ("made", 0o777),
+    ] {
+        assert_eq!(
+            mode(name),
+            want,
+            "{name}: mode {:o}, want {want:o}",
+            mode(name)
+        );
+    }
+    assert_eq!(fs::read(s.m("append")).expect("read"), b"lower data\nx\n");
+    assert_eq!(fs::metadata(s.m("trunc")).expect("stat").len(), 1);
 }
 
 #[test]

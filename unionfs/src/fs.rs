@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,6 +84,11 @@ pub struct UnionFs {
     tuning: FsTuning,
     passthrough: AtomicBool,
     writeback: AtomicBool,
+    /// FUSE_HANDLE_KILLPRIV_V2 is on: the daemon clears set-user-ID and
+    /// set-group-ID bits after writes and truncates by callers without
+    /// CAP_FSETID, and the kernel stops asking for `security.capability`
+    /// before every write (see [`UnionFs::init`]).
+    killpriv: AtomicBool,
     /// Per hard-linked node (by inode number, while the kernel knows it):
     /// the names it was shown under (see [`UnionFs::entry_ttl`]).
     link_names: DashMap<u64, LinkNames>,
@@ -130,6 +135,32 @@ fn time_arg(t: Option<TimeOrNow>) -> Time {
     }
 }
 
+/// Set-user-ID or set-group-ID: such a file's writes must reach the
+/// daemon, which clears the bits (see `UnionFs::init`).
+fn is_setid(mode: u32) -> bool {
+    mode & (libc::S_ISUID | libc::S_ISGID) != 0
+}
+
+/// `mode`'s permission bits after a data change by `caller` to a file of
+/// group `gid`, as the kernel clears them (`setattr_should_drop_suidgid`):
+/// set-user-ID unless the caller has CAP_FSETID; set-group-ID when group
+/// execute is set, or when the caller is neither in the group nor
+/// CAP_FSETID-capable. `caller` `None`: unknown, cleared.
+fn after_data_change(mode: u32, gid: u32, caller: Option<&sys::CallerCreds>) -> u32 {
+    let mut m = mode & 0o7777;
+    let fsetid = caller.is_some_and(|c| c.cap_fsetid);
+    if !fsetid {
+        m &= !libc::S_ISUID;
+    }
+    if m & libc::S_ISGID != 0
+        && !fsetid
+        && (m & libc::S_IXGRP != 0 || !caller.is_some_and(|c| c.in_group_or_capable(gid)))
+    {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
+
 fn e(err: i32) -> Errno {
     Errno::from_i32(err)
 }
@@ -165,6 +196,7 @@ impl UnionFs {
             tuning,
             passthrough: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
+            killpriv: AtomicBool::new(false),
             link_names: DashMap::new(),
             name_key: RandomState::new(),
             notifier: Arc::new(OnceLock::new()),
@@ -981,8 +1013,16 @@ impl UnionFs {
         if flags & libc::O_DIRECT != 0 {
             fopen |= FopenFlags::FOPEN_DIRECT_IO;
         }
+        // A set-id file's writes must reach the daemon (see `init`).
+        let setid = self.killpriv.load(Ordering::Relaxed)
+            && match &h {
+                Handle::File {
+                    file, upper: true, ..
+                } => sys::fstat(file.as_fd()).map_or(true, |st| is_setid(st.st_mode)),
+                _ => false,
+            };
         // Passthrough: one backing per node, shared by all its handles.
-        if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 {
+        if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 && !setid {
             if let Handle::File {
                 file,
                 upper,
@@ -997,7 +1037,7 @@ impl UnionFs {
                         Some(cur.id.clone())
                     }
                     Some(_) => None,
-                    None => match reply.open_backing(file.as_fd()) {
+                    None => match self.open_backing(file.as_fd(), |f| reply.open_backing(f)) {
                         Ok(id) => {
                             let id = Arc::new(id);
                             *b = Some(Box::new(Backing {
@@ -1035,6 +1075,48 @@ impl UnionFs {
         node.opens.fetch_add(1, Ordering::Relaxed);
         let fh = self.new_fh(h);
         reply.opened(FileHandle(fh), fopen);
+    }
+
+    /// Clears the set-id bits of upper file `f` (node `ino`) as a data
+    /// change by the caller `pid` does, and has the kernel fetch the
+    /// attributes again if they changed.
+    fn kill_setid(&self, pid: u32, ino: u64, f: BorrowedFd<'_>) {
+        if !self.killpriv.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(st) = sys::fstat(f) else { return };
+        if !is_setid(st.st_mode) {
+            return;
+        }
+        let caller = sys::caller_creds(pid);
+        let mode = after_data_change(st.st_mode, st.st_gid, caller.as_ref());
+        if mode == st.st_mode & 0o7777 {
+            return;
+        }
+        if let Err(err) = sys::fchmod(f, mode) {
+            tracing::warn!(ino, "clearing set-id bits after a data change: {err}");
+            return;
+        }
+        if let Some(n) = self.notifier.get() {
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
+        }
+    }
+
+    /// Opens a passthrough backing for `f`. With killpriv on, the backing
+    /// gets the daemon's credentials without CAP_FSETID: a file that
+    /// becomes set-id while open loses the bits on its next write through
+    /// the backing, as for an unprivileged writer (set-id files get no
+    /// passthrough in the first place).
+    fn open_backing(
+        &self,
+        f: BorrowedFd<'_>,
+        open: impl FnOnce(BorrowedFd<'_>) -> io::Result<fuser::BackingId>,
+    ) -> io::Result<fuser::BackingId> {
+        if self.killpriv.load(Ordering::Relaxed) {
+            sys::without_fsetid(|| open(f))
+        } else {
+            open(f)
+        }
     }
 
     fn release_handle(&self, fh: u64) {
@@ -1235,6 +1317,22 @@ impl Filesystem for UnionFs {
             want |= InitFlags::FUSE_POSIX_ACL;
         }
         let _ = config.add_capabilities(want & caps);
+        // With FUSE_HANDLE_KILLPRIV_V2 the kernel marks an inode "no
+        // security xattrs" after the first check (SB_NOSEC), instead of
+        // sending GETXATTR security.capability before every write() (1,024
+        // round trips for a 1 GiB file written in 1 MiB calls). In return
+        // the daemon clears set-id bits itself: on WRITE with
+        // FUSE_WRITE_KILL_SUIDGID, on truncate and fallocate by a caller
+        // without CAP_FSETID, and set-id files get no passthrough (their
+        // writes must reach the daemon). Chown clears them on its own: the
+        // host kernel does that for the daemon's fchownat, as before.
+        if caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            && config
+                .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+                .is_ok()
+        {
+            self.killpriv.store(true, Ordering::Relaxed);
+        }
         let mut passthrough = false;
         if self.tuning.passthrough
             && sys::euid() == 0
@@ -1257,6 +1355,7 @@ impl Filesystem for UnionFs {
         tracing::debug!(
             passthrough,
             writeback = self.writeback.load(Ordering::Relaxed),
+            killpriv = self.killpriv.load(Ordering::Relaxed),
             "fuse init"
         );
         Ok(())
@@ -1324,7 +1423,7 @@ impl Filesystem for UnionFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -1341,6 +1440,23 @@ impl Filesystem for UnionFs {
         reply: ReplyAttr,
     ) {
         guard("setattr", || {
+            // A truncate by a caller without CAP_FSETID clears set-id bits
+            // (the kernel's FATTR_KILL_SUIDGID, which fuser does not pass on).
+            let mode = match (mode, size) {
+                (None, Some(_)) if self.killpriv.load(Ordering::Relaxed) => self
+                    .u
+                    .node(ino.0)
+                    .and_then(|n| self.u.attr_of(&n))
+                    .ok()
+                    .filter(|a| is_setid(a.perm))
+                    .map(|a| {
+                        let caller = sys::caller_creds(req.pid());
+                        (a.perm, after_data_change(a.perm, a.gid, caller.as_ref()))
+                    })
+                    .filter(|(old, new)| old != new)
+                    .map(|(_, new)| new),
+                _ => mode,
+            };
             let res = self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh);
             match self.changed(&[ino.0], res) {
                 Ok(a) => reply.attr(&TTL_UPPER, &self.fattr(&a)),
@@ -1582,19 +1698,24 @@ impl Filesystem for UnionFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         guard("write", || match self.handle_file(fh.0) {
             Ok((f, true)) => match sys::pwrite(f.as_fd(), data, offset) {
-                Ok(n) => reply.written(n as u32),
+                Ok(n) => {
+                    if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                        self.kill_setid(req.pid(), ino.0, f.as_fd());
+                    }
+                    reply.written(n as u32)
+                }
                 Err(err) => reply.error(e(errno(err))),
             },
             Ok(_) => reply.error(Errno::EBADF),
@@ -1932,8 +2053,10 @@ impl Filesystem for UnionFs {
             node.lookups.fetch_add(1, Ordering::Relaxed);
             node.opens.fetch_add(1, Ordering::Relaxed);
             let fattr = self.fattr(&attr);
-            if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 {
-                if let Ok(id) = reply.open_backing(file.as_fd()) {
+            // A new set-id file (created so by root) gets no passthrough: see `init`.
+            let setid = self.killpriv.load(Ordering::Relaxed) && is_setid(attr.perm);
+            if self.passthrough.load(Ordering::Relaxed) && flags & libc::O_DIRECT == 0 && !setid {
+                if let Ok(id) = self.open_backing(file.as_fd(), |f| reply.open_backing(f)) {
                     let id = Arc::new(id);
                     *node.backing.lock() = Some(Box::new(Backing {
                         id: id.clone(),
@@ -1988,8 +2111,8 @@ impl Filesystem for UnionFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -1998,7 +2121,10 @@ impl Filesystem for UnionFs {
     ) {
         guard("fallocate", || match self.handle_file(fh.0) {
             Ok((f, true)) => match sys::fallocate(f.as_fd(), mode, offset, length) {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    self.kill_setid(req.pid(), ino.0, f.as_fd());
+                    reply.ok()
+                }
                 Err(err) => reply.error(e(errno(err))),
             },
             Ok(_) => reply.error(Errno::EBADF),

@@ -707,6 +707,64 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// What the kernel's set-id clearing looks at in a caller, read from
+/// `/proc/PID/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallerCreds {
+    /// `CAP_FSETID` is in the effective set.
+    pub cap_fsetid: bool,
+    /// Filesystem group id.
+    pub fsgid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl CallerCreds {
+    /// The caller is in group `gid` or has `CAP_FSETID` (the kernel's
+    /// `in_group_or_capable`).
+    pub fn in_group_or_capable(&self, gid: u32) -> bool {
+        self.cap_fsetid || self.fsgid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// The credentials of process `pid`; `None` when they cannot be read (the
+/// caller then counts as unprivileged and outside every group: set-id bits
+/// are cleared, the safe side).
+pub fn caller_creds(pid: u32) -> Option<CallerCreds> {
+    const CAP_FSETID: u32 = 4;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut c = CallerCreds::default();
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("CapEff:") {
+            c.cap_fsetid = u64::from_str_radix(v.trim(), 16).ok()? >> CAP_FSETID & 1 == 1;
+        } else if let Some(v) = line.strip_prefix("Gid:") {
+            c.fsgid = v.split_whitespace().nth(3)?.parse().ok()?;
+        } else if let Some(v) = line.strip_prefix("Groups:") {
+            c.groups = v
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect();
+        }
+    }
+    Some(c)
+}
+
+/// Runs `f` with `CAP_FSETID` dropped from the calling thread's effective
+/// set, then raises it again (capabilities are per thread). Without the
+/// capability in the permitted set (an unprivileged daemon) `f` just runs.
+pub fn without_fsetid<T>(f: impl FnOnce() -> T) -> T {
+    use caps::{CapSet, Capability};
+    let dropped = caps::has_cap(None, CapSet::Effective, Capability::CAP_FSETID).unwrap_or(false)
+        && caps::drop(None, CapSet::Effective, Capability::CAP_FSETID).is_ok();
+    let out = f();
+    if dropped {
+        if let Err(e) = caps::raise(None, CapSet::Effective, Capability::CAP_FSETID) {
+            tracing::warn!("could not raise CAP_FSETID again: {e}");
+        }
+    }
+    out
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (directory handles are cached).
 pub fn raise_nofile_limit() {
     let mut rl = libc::rlimit {
