@@ -2162,11 +2162,11 @@ impl Filesystem for UnionFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -2187,7 +2187,10 @@ impl Filesystem for UnionFs {
             let mut oo = offset_out as i64;
             let want = len.min(1 << 30) as usize;
             match sys::copy_file_range(src.as_fd(), &mut oi, dst.as_fd(), &mut oo, want) {
-                Ok(n) => reply.written(n as u32),
+                Ok(n) => {
+                    self.kill_setid(req.pid(), ino_out.0, dst.as_fd());
+                    reply.written(n as u32)
+                }
                 Err(err) => reply.error(e(errno(err))),
             }
         });
