@@ -592,7 +592,12 @@ impl UnionFs {
                         libc::RENAME_EXCHANGE,
                     ) {
                         Ok(()) => {
-                            sys::unlink_at(up.work.as_fd(), &tmp, dir).map_err(errno)?;
+                            // The whiteout is in place: the removal is done even
+                            // if the old entry cannot be deleted here (the work
+                            // dir is emptied at the next mount).
+                            if let Err(err) = sys::unlink_at(up.work.as_fd(), &tmp, dir) {
+                                tracing::warn!("removing a replaced upper entry: {err}");
+                            }
                             true
                         }
                         Err(_) => {
