@@ -42,9 +42,25 @@ fn missing(e: &io::Error) -> bool {
     )
 }
 
+/// Which of `keys` `dir/name` has: one listxattr (most files have no
+/// xattrs at all), or a getxattr per key if listing fails.
+fn present_xattrs<'k>(dir: BorrowedFd<'_>, name: &[u8], keys: &[&'k [u8]]) -> Vec<&'k [u8]> {
+    match sys::list_xattr_at(dir, name) {
+        Ok(raw) => keys
+            .iter()
+            .copied()
+            .filter(|k| raw.split(|&b| b == 0).any(|n| n == *k))
+            .collect(),
+        Err(_) => keys
+            .iter()
+            .copied()
+            .filter(|k| matches!(sys::get_xattr_at(dir, name, k), Ok(Some(_))))
+            .collect(),
+    }
+}
+
 fn has_any_xattr(dir: BorrowedFd<'_>, name: &[u8], keys: &[&[u8]]) -> bool {
-    keys.iter()
-        .any(|k| matches!(sys::get_xattr_at(dir, name, k), Ok(Some(_))))
+    !present_xattrs(dir, name, keys).is_empty()
 }
 
 /// Whether a stat result is a whiteout by itself (char 0/0, or an empty
@@ -85,11 +101,9 @@ pub fn classify_at(
 
 /// Whether host directory `dir` (an fd of the directory itself) is opaque.
 pub fn dir_is_opaque(dir: BorrowedFd<'_>) -> bool {
-    for k in OPAQUE_XATTRS {
-        if let Ok(Some(v)) = sys::get_xattr_at(dir, b"", k) {
-            if v == b"y" {
-                return true;
-            }
+    for k in present_xattrs(dir, b"", &OPAQUE_XATTRS) {
+        if matches!(sys::get_xattr_at(dir, b"", k), Ok(Some(v)) if v == b"y") {
+            return true;
         }
     }
     sys::stat_at(dir, OPAQUE_MARKER).is_ok()
