@@ -760,34 +760,34 @@ impl Union {
             None => lowers[0].2,
         };
         // Attributes and the union inode number.
+        // The top lower's attributes: the lookup's own when it had them.
+        let mut top_lower_attr = || -> Res<LayerAttr> {
+            let &(l, n, _) = lowers.first().ok_or(libc::ENOENT)?;
+            match first_attr.take() {
+                Some(a) => Ok(a),
+                None => self.layers[l].attr(n).map_err(errno),
+            }
+        };
         let mut indexed: Option<Vec<u8>> = None;
         let (attr, ino) = if let Some(st) = &upper_st {
             let mut a = LayerAttr::from_stat(st);
             let ino = match origin {
                 Some(o) => o,
                 None if kind == EntryKind::Dir && !lowers.is_empty() => {
-                    let la = match first_attr.take() {
-                        Some(a) => a,
-                        None => self.layers[lowers[0].0].attr(lowers[0].1).map_err(errno)?,
-                    };
+                    let la = top_lower_attr()?;
                     self.inos.compose(lower_tag(lowers[0].0), la.ino)
                 }
                 None => self.inos.compose(UPPER_TAG, st.st_ino),
             };
             if metacopy {
-                if let Some(&(l, n, _)) = lowers.first() {
-                    if let Some(la) = first_attr.take().or_else(|| self.layers[l].attr(n).ok()) {
-                        a.blocks = la.blocks;
-                    }
+                if let Ok(la) = top_lower_attr() {
+                    a.blocks = la.blocks;
                 }
             }
             (a, ino)
         } else {
-            let (l, n, _) = lowers[0];
-            let la = match first_attr.take() {
-                Some(a) => a,
-                None => self.layers[l].attr(n).map_err(errno)?,
-            };
+            let l = lowers[0].0;
+            let la = top_lower_attr()?;
             let ino = self.inos.compose(lower_tag(l), la.ino);
             if kind == EntryKind::File && la.nlink > 1 {
                 // A name of a lower hard-link group whose upper copy is in the index.
