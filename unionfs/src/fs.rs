@@ -31,6 +31,7 @@ use fuser::{
 };
 
 use crate::inode::{Backing, Node, UpperRef, ROOT_INO};
+use crate::latency::BusyLatency;
 use crate::layer::{is_private_xattr, EntryKind, LayerAttr, LayerData};
 use crate::sys::{self, Time};
 use crate::union::{errno, DirEnt, Listing, Res, Union};
@@ -65,6 +66,9 @@ pub struct FsTuning {
     pub writeback: bool,
     /// Ask the kernel for POSIX ACL support.
     pub posix_acl: bool,
+    /// Hold a zero CPU wake-up latency request while requests arrive
+    /// (see [`crate::latency`]).
+    pub cpu_latency: bool,
 }
 
 /// Names the kernel was given for a non-directory with more than one link.
@@ -89,6 +93,8 @@ pub struct UnionFs {
     /// CAP_FSETID, and the kernel stops asking for `security.capability`
     /// before every write (see [`UnionFs::init`]).
     killpriv: AtomicBool,
+    /// Keeps idle CPUs polling while requests arrive (`cpu_latency=on`).
+    latency: Option<BusyLatency>,
     /// Per hard-linked node (by inode number, while the kernel knows it):
     /// the names it was shown under (see [`UnionFs::entry_ttl`]).
     link_names: DashMap<u64, LinkNames>,
@@ -189,6 +195,7 @@ impl UnionFs {
     /// Wraps a union for FUSE.
     pub fn new(u: Arc<Union>, tuning: FsTuning) -> UnionFs {
         opstats_init();
+        let latency = tuning.cpu_latency.then(BusyLatency::new);
         UnionFs {
             u,
             handles: DashMap::new(),
@@ -197,6 +204,7 @@ impl UnionFs {
             passthrough: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
             killpriv: AtomicBool::new(false),
+            latency,
             link_names: DashMap::new(),
             name_key: RandomState::new(),
             notifier: Arc::new(OnceLock::new()),
@@ -1287,9 +1295,20 @@ pub(crate) fn opstats_write() {
     }
 }
 
-/// Runs one request handler; a panic in it is logged and the request
-/// answered EIO (the unsent reply does that when dropped during unwinding),
-/// so one bad request does not take a worker thread, or the mount, down.
+impl UnionFs {
+    /// Runs one request handler; a panic in it is logged and the request
+    /// answered EIO (the unsent reply does that when dropped during
+    /// unwinding), so one bad request does not take a worker thread, or the
+    /// mount, down.
+    fn guard(&self, op: &'static str, f: impl FnOnce()) {
+        if let Some(l) = &self.latency {
+            l.request();
+        }
+        guard(op, f)
+    }
+}
+
+/// [`UnionFs::guard`] without the latency request.
 fn guard(op: &'static str, f: impl FnOnce()) {
     if let Some(stats) = OPSTATS.get() {
         *stats.entry(op).or_insert(0) += 1;
@@ -1367,14 +1386,14 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        guard("lookup", || match self.child(parent.0, name.as_bytes()) {
+        self.guard("lookup", || match self.child(parent.0, name.as_bytes()) {
             Ok((_, n, a)) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
             Err(err) => reply.error(e(err)),
         });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        guard("forget", || {
+        self.guard("forget", || {
             if ino.0 == ROOT_INO {
                 return;
             }
@@ -1403,7 +1422,7 @@ impl Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        guard("getattr", || {
+        self.guard("getattr", || {
             let node = match self.u.node(ino.0) {
                 Ok(n) => n,
                 Err(err) => return reply.error(e(err)),
@@ -1444,7 +1463,7 @@ impl Filesystem for UnionFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        guard("setattr", || {
+        self.guard("setattr", || {
             // A truncate by a caller without CAP_FSETID clears set-id bits
             // (the kernel's FATTR_KILL_SUIDGID, which fuser does not pass on).
             let mode = match (mode, size) {
@@ -1471,7 +1490,7 @@ impl Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        guard("readlink", || {
+        self.guard("readlink", || {
             let res = (|| -> Res<Vec<u8>> {
                 let node = self.u.node(ino.0)?;
                 let st = node.snapshot();
@@ -1504,7 +1523,7 @@ impl Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        guard("mknod", || {
+        self.guard("mknod", || {
             let res = self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev as u64);
             match self.changed(&[parent.0], res) {
                 Ok((n, a)) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
@@ -1522,7 +1541,7 @@ impl Filesystem for UnionFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        guard("mkdir", || {
+        self.guard("mkdir", || {
             match self.changed(
                 &[parent.0],
                 self.do_mkdir(req, parent.0, name.as_bytes(), mode),
@@ -1534,7 +1553,7 @@ impl Filesystem for UnionFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guard("unlink", || {
+        self.guard("unlink", || {
             match self.changed(
                 &[parent.0],
                 self.do_unlink(parent.0, name.as_bytes(), false),
@@ -1546,7 +1565,7 @@ impl Filesystem for UnionFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guard("rmdir", || {
+        self.guard("rmdir", || {
             match self.changed(&[parent.0], self.do_unlink(parent.0, name.as_bytes(), true)) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(err)),
@@ -1562,7 +1581,7 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        guard("symlink", || {
+        self.guard("symlink", || {
             let res = self.do_symlink(
                 req,
                 parent.0,
@@ -1586,7 +1605,7 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        guard("rename", || {
+        self.guard("rename", || {
             let res = self.do_rename(
                 parent.0,
                 name.as_bytes(),
@@ -1609,7 +1628,7 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        guard("link", || {
+        self.guard("link", || {
             let newname = newname.as_bytes();
             // The name the kernel reached the node by (its last lookup).
             let source = self.u.node(ino.0).ok().and_then(|n| {
@@ -1635,7 +1654,7 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        guard("open", || {
+        self.guard("open", || {
             let acc = flags.0 & libc::O_ACCMODE;
             if acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
                 // The copy-up `do_open` would make, done first so that the
@@ -1673,7 +1692,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        guard("read", || {
+        self.guard("read", || {
             let h = self.handles.get(&fh.0);
             match h.as_deref() {
                 Some(Handle::File { file, .. }) => {
@@ -1713,7 +1732,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guard("write", || match self.handle_file(fh.0) {
+        self.guard("write", || match self.handle_file(fh.0) {
             Ok((f, true)) => match sys::pwrite(f.as_fd(), data, offset) {
                 Ok(n) => {
                     if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
@@ -1736,7 +1755,7 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        guard("flush", || {
+        self.guard("flush", || {
             // Nothing to do at close (data goes straight to the upper file,
             // no locks are kept here). ENOSYS makes the kernel stop sending
             // FLUSH, which saves every close() a round trip; it still
@@ -1755,7 +1774,7 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        guard("release", || {
+        self.guard("release", || {
             self.release_handle(fh.0);
             reply.ok();
         });
@@ -1769,7 +1788,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guard("fsync", || match self.handle_file(fh.0) {
+        self.guard("fsync", || match self.handle_file(fh.0) {
             Ok((f, true)) => match sys::fsync(f.as_fd(), datasync) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(errno(err))),
@@ -1788,7 +1807,7 @@ impl Filesystem for UnionFs {
     /// directory moved elsewhere, by an inode notification (its `..`).
     /// Readdir positions are stateless (see [`Listing`]).
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        guard("opendir", || reply.error(Errno::ENOSYS));
+        self.guard("opendir", || reply.error(Errno::ENOSYS));
     }
 
     fn readdir(
@@ -1799,7 +1818,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        guard("readdir", || {
+        self.guard("readdir", || {
             let (dir, list) = match self.dir_listing(ino.0) {
                 Ok(x) => x,
                 Err(err) => return reply.error(e(err)),
@@ -1817,7 +1836,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        guard("readdirplus", || {
+        self.guard("readdirplus", || {
             let (dir, list) = match self.dir_listing(ino.0) {
                 Ok(x) => x,
                 Err(err) => return reply.error(e(err)),
@@ -1885,7 +1904,7 @@ impl Filesystem for UnionFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guard("fsyncdir", || {
+        self.guard("fsyncdir", || {
             if let Some(fd) = self.u.node(ino.0).ok().and_then(|n| n.upper_dir()) {
                 if let Ok(f) = sys::open_at(fd.as_fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
                 {
@@ -1897,7 +1916,7 @@ impl Filesystem for UnionFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        guard("statfs", || {
+        self.guard("statfs", || {
             let fd = match &self.u.upper {
                 Some(up) => up.root.clone(),
                 None => match self.u.node(ROOT_INO).ok().and_then(|n| n.upper_dir()) {
@@ -1933,7 +1952,7 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        guard("setxattr", || {
+        self.guard("setxattr", || {
             let res = self.do_setxattr(ino.0, name.as_bytes(), Some(value), flags);
             match self.changed(&[ino.0], res) {
                 Ok(()) => reply.ok(),
@@ -1943,7 +1962,7 @@ impl Filesystem for UnionFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        guard("getxattr", || {
+        self.guard("getxattr", || {
             match self.do_getxattr(ino.0, name.as_bytes()) {
                 Ok(v) if size == 0 => reply.size(v.len() as u32),
                 Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
@@ -1954,7 +1973,7 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        guard("listxattr", || match self.do_listxattr(ino.0) {
+        self.guard("listxattr", || match self.do_listxattr(ino.0) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
@@ -1963,7 +1982,7 @@ impl Filesystem for UnionFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guard("removexattr", || {
+        self.guard("removexattr", || {
             match self.changed(&[ino.0], self.do_setxattr(ino.0, name.as_bytes(), None, 0)) {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(e(err)),
@@ -1972,7 +1991,7 @@ impl Filesystem for UnionFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        guard("access", || {
+        self.guard("access", || {
             let res = (|| -> Res<()> {
                 let node = self.u.node(ino.0)?;
                 let a = self.u.attr_of(&node)?;
@@ -2020,7 +2039,7 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        guard("create", || {
+        self.guard("create", || {
             let name = name.as_bytes();
             let res = (|| -> Res<(Arc<Node>, LayerAttr)> {
                 let (p, pfd, _) = self.prepare_create(parent.0, name)?;
@@ -2109,7 +2128,7 @@ impl Filesystem for UnionFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        guard("ioctl", || {
+        self.guard("ioctl", || {
             reply.error(Errno::from_i32(libc::ENOTTY));
         });
     }
@@ -2124,7 +2143,7 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        guard("fallocate", || match self.handle_file(fh.0) {
+        self.guard("fallocate", || match self.handle_file(fh.0) {
             Ok((f, true)) => match sys::fallocate(f.as_fd(), mode, offset, length) {
                 Ok(()) => {
                     self.kill_setid(req.pid(), ino.0, f.as_fd());
@@ -2146,7 +2165,7 @@ impl Filesystem for UnionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        guard("lseek", || match self.handles.get(&fh.0).as_deref() {
+        self.guard("lseek", || match self.handles.get(&fh.0).as_deref() {
             Some(Handle::File { file, .. }) => match sys::lseek(file.as_fd(), offset, whence) {
                 Ok(o) => reply.offset(o),
                 Err(err) => reply.error(e(errno(err))),
@@ -2178,7 +2197,7 @@ impl Filesystem for UnionFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        guard("copy_file_range", || {
+        self.guard("copy_file_range", || {
             let src = match self.handle_file(fh_in.0) {
                 Ok((f, _)) => f,
                 Err(err) => return reply.error(e(err)),

@@ -18,6 +18,7 @@ pub mod dir_layer;
 mod fs;
 mod inode;
 mod kmount;
+pub mod latency;
 pub mod layer;
 pub mod mount;
 pub mod probe;

@@ -82,6 +82,9 @@ pub struct MountConfig {
     pub metacopy: bool,
     /// fsync copied-up data (fuse-overlayfs `fsync=1`).
     pub fsync: bool,
+    /// Keep idle CPUs out of deep sleep while requests arrive, by holding
+    /// a zero PM QoS CPU latency request (root only; see [`crate::latency`]).
+    pub cpu_latency: bool,
     /// Source name shown in /proc/mounts.
     pub fsname: String,
     /// Extra generic mount options passed to the kernel (`nodev`, `nosuid`, `noexec`, `noatime`, ...).
@@ -104,6 +107,7 @@ impl Default for MountConfig {
             writeback: true,
             metacopy: true,
             fsync: false,
+            cpu_latency: true,
             fsname: "unionfs".to_string(),
             mount_options: Vec::new(),
         }
@@ -277,6 +281,7 @@ fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config, KernelOptions), Error>
             passthrough: cfg.passthrough,
             writeback: cfg.writeback,
             posix_acl: cfg.default_permissions,
+            cpu_latency: cfg.cpu_latency,
         },
     );
     let mut k = KernelOptions {
