@@ -99,6 +99,13 @@ struct Args {
     /// Run nothing: print the table (and --chart, --table) of a saved --json file.
     #[arg(long, value_name = "FILE.json")]
     report_from: Option<PathBuf>,
+    /// Hold a zero PM QoS CPU latency request (`/dev/cpu_dma_latency`) for
+    /// the whole run, so idle CPUs poll instead of sleeping for every
+    /// backend alike. strata's daemon makes that request itself while it is
+    /// busy (its `cpu_latency=on` default); this gives the peers the same
+    /// machine tuning. Needs root.
+    #[arg(long)]
+    hold_cpu_latency: bool,
 }
 
 fn main() {
@@ -155,6 +162,12 @@ fn real_main() -> Result<()> {
         Workload::ALL.to_vec()
     } else {
         args.workloads.clone()
+    };
+    // Kept open until the run ends: closing it drops the request.
+    let _latency = if args.hold_cpu_latency {
+        Some(sys::hold_zero_cpu_latency()?)
+    } else {
+        None
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let results = run::run_all(&run::Plan {

@@ -778,6 +778,24 @@ fn redirect_path_stops_at_an_opaque_dir_part_way() {
     assert_same(&s);
 }
 
+/// An upper directory over a lower non-directory of the same name is a
+/// pure upper directory, even though the name is in a lower: overlayfs
+/// replaces it by a plain rename in the upper, so a whiteout left inside
+/// makes the rename fail with ENOTEMPTY (fsfuzz seed 907302).
+#[test]
+fn rename_onto_upper_dir_with_whiteout_over_lower_fifo_is_enotempty() {
+    let mut s = sc(
+        vec![vec![], vec![Node::fifo("e")]],
+        vec![Op::Rename {
+            from: p("c"),
+            to: p("e"),
+            mode: RenameMode::Plain,
+        }],
+    );
+    s.upper = LayerSpec::new(vec![Node::dir("c/f"), Node::whiteout("e/d")]);
+    assert_same(&s);
+}
+
 // ---- upper format ----
 
 /// An upper written by unionfs must not carry private `trusted.*` xattrs:

@@ -711,11 +711,12 @@ impl UnionFs {
                         return Err(libc::ENOTEMPTY);
                     }
                 } else if d.kind == EntryKind::Dir {
-                    // An empty-looking directory whose name is in no lower is
-                    // replaced by a plain rename in the upper: whiteouts left
-                    // in it make that fail there too.
+                    // An empty-looking pure upper directory (no lower
+                    // directory merged into it, though a lower non-directory
+                    // may have the name) is replaced by a plain rename in the
+                    // upper: whiteouts left in it make that fail there too.
                     let ds = d.snapshot();
-                    if ds.lowers.is_empty() && !self.u.name_in_lowers(&np.snapshot(), newname)? {
+                    if ds.lowers.is_empty() {
                         if let Some(fd) = ds.upper_dir() {
                             if !sys::read_dir(fd.as_fd()).map_err(errno)?.is_empty() {
                                 late_enotempty = true;
