@@ -188,6 +188,20 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Opens the kernel's PM QoS CPU latency device and asks for zero wake-up
+/// latency; the request lasts while the returned file is open.
+pub fn hold_zero_cpu_latency() -> Result<fs::File> {
+    use std::io::Write;
+    let dev = unionfs::latency::DEVICE;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .with_context(|| format!("--hold-cpu-latency: opening {dev} (needs root)"))?;
+    f.write_all(&0i32.to_ne_bytes())
+        .with_context(|| format!("--hold-cpu-latency: writing 0 to {dev}"))?;
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,18 +237,4 @@ mod tests {
         fs::write(dir.path().join("f"), vec![1u8; 64 << 10]).expect("write");
         assert!(allocated_bytes(dir.path()) >= 64 << 10);
     }
-}
-
-/// Opens the kernel's PM QoS CPU latency device and asks for zero wake-up
-/// latency; the request lasts while the returned file is open.
-pub fn hold_zero_cpu_latency() -> Result<fs::File> {
-    use std::io::Write;
-    let dev = unionfs::latency::DEVICE;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(dev)
-        .with_context(|| format!("--hold-cpu-latency: opening {dev} (needs root)"))?;
-    f.write_all(&0i32.to_ne_bytes())
-        .with_context(|| format!("--hold-cpu-latency: writing 0 to {dev}"))?;
-    Ok(f)
 }
