@@ -55,7 +55,7 @@ impl DirLayer {
                 format!("cannot open lower directory {}: {e}", path.display()),
             )
         })?;
-        let nodes = DashMap::new();
+        let nodes = sys::new_map();
         let root = DNode {
             parent: ROOT,
             name: Box::from(&b""[..]),
@@ -67,8 +67,8 @@ impl DirLayer {
         Ok(DirLayer {
             path: path.to_path_buf(),
             nodes,
-            by_hash: DashMap::new(),
-            collided: DashMap::new(),
+            by_hash: sys::new_map(),
+            collided: sys::new_map(),
             name_key: RandomState::new(),
             next: AtomicU64::new(ROOT + 1),
             #[cfg(test)]

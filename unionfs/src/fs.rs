@@ -198,17 +198,17 @@ impl UnionFs {
         let latency = tuning.cpu_latency.then(BusyLatency::new);
         UnionFs {
             u,
-            handles: DashMap::new(),
+            handles: sys::new_map(),
             next_fh: AtomicU64::new(1),
             tuning,
             passthrough: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
             killpriv: AtomicBool::new(false),
             latency,
-            link_names: DashMap::new(),
+            link_names: sys::new_map(),
             name_key: RandomState::new(),
             notifier: Arc::new(OnceLock::new()),
-            lower_ttl_dirs: DashMap::new(),
+            lower_ttl_dirs: sys::new_map(),
         }
     }
 
@@ -1275,7 +1275,7 @@ static OPSTATS: std::sync::OnceLock<DashMap<&'static str, u64>> = std::sync::Onc
 /// file; [`opstats_write`] writes the counts there at unmount.
 pub(crate) fn opstats_init() {
     if std::env::var_os("UNIONFS_OPSTATS").is_some() {
-        let _ = OPSTATS.set(DashMap::new());
+        let _ = OPSTATS.set(sys::new_map());
     }
 }
 

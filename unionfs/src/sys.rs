@@ -853,3 +853,23 @@ pub fn wait_signal(set: &libc::sigset_t) -> i32 {
     }
     sig
 }
+
+/// A concurrent map sharded for this machine's CPUs. `DashMap::new` asks
+/// `std::thread::available_parallelism`, which reads several cgroup files
+/// (about a tenth of a millisecond, a few percent of a mount); the CPU
+/// affinity mask gives the count in one system call.
+pub fn new_map<K: Eq + std::hash::Hash, V>() -> dashmap::DashMap<K, V> {
+    static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let shards = *SHARDS.get_or_init(|| {
+        let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+            .map(|set| {
+                (0..nix::sched::CpuSet::count())
+                    .filter(|&i| set.is_set(i).unwrap_or(false))
+                    .count()
+            })
+            .unwrap_or(1);
+        // A power of two of at least 2, as DashMap requires (it panics otherwise).
+        (cpus.max(1) * 4).next_power_of_two().max(2)
+    });
+    dashmap::DashMap::with_shard_amount(shards)
+}

@@ -337,7 +337,7 @@ impl Union {
             unlinked: false,
             pinned: None,
         };
-        let nodes = DashMap::new();
+        let nodes = sys::new_map();
         let root = Arc::new(Node::new(ROOT_INO, EntryKind::Dir, root_state));
         root.lookups.store(1, Ordering::Relaxed);
         nodes.insert(ROOT_INO, root);
@@ -349,8 +349,8 @@ impl Union {
             inos: InoMap::default(),
             dir_cache: Mutex::new(lru::LruCache::new(cap)),
             cookie_key: RandomState::new(),
-            group_links: DashMap::new(),
-            index_absent: DashMap::new(),
+            group_links: sys::new_map(),
+            index_absent: sys::new_map(),
             opts,
             privileged: sys::euid() == 0,
             tmp_counter: AtomicU64::new(0),
