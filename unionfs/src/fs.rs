@@ -465,7 +465,8 @@ impl UnionFs {
             return Err(libc::EPERM);
         }
         sys::mknod_at(pfd.as_fd(), name, fmt | (mode & 0o7777), rdev).map_err(errno)?;
-        self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+        self.u
+            .set_owner(pfd.as_fd(), name, req.uid(), req.gid(), true)?;
         let _ = sys::chmod_at(pfd.as_fd(), name, mode & 0o7777);
         self.finish_create(&p, name)
     }
@@ -502,7 +503,8 @@ impl UnionFs {
                 let _ = sys::chmod_at(pfd.as_fd(), name, (mode & 0o7777) | libc::S_ISGID);
             }
         }
-        self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+        self.u
+            .set_owner(pfd.as_fd(), name, req.uid(), req.gid(), false)?;
         self.finish_create(&p, name)
     }
 
@@ -515,7 +517,8 @@ impl UnionFs {
     ) -> Res<(Arc<Node>, LayerAttr)> {
         let (p, pfd, _) = self.prepare_create(parent, name)?;
         sys::symlink_at(target, pfd.as_fd(), name).map_err(errno)?;
-        self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+        self.u
+            .set_owner(pfd.as_fd(), name, req.uid(), req.gid(), true)?;
         self.finish_create(&p, name)
     }
 
@@ -2042,39 +2045,29 @@ impl Filesystem for UnionFs {
     ) {
         self.guard("create", || {
             let name = name.as_bytes();
-            let res = (|| -> Res<(Arc<Node>, LayerAttr)> {
+            let res = (|| -> Res<(Arc<Node>, LayerAttr, std::os::fd::OwnedFd)> {
                 let (p, pfd, _) = self.prepare_create(parent.0, name)?;
+                // Created with the flags the handle needs: the same fd
+                // serves the open (no second open of the new file).
                 let fd = sys::open_at(
                     pfd.as_fd(),
                     name,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    self.upper_open_flags(flags) | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                     mode & 0o7777,
                 )
                 .map_err(errno)?;
                 // Owner first: chown clears set-id bits.
-                self.u.set_owner(pfd.as_fd(), name, req.uid(), req.gid())?;
+                self.u
+                    .set_owner(pfd.as_fd(), name, req.uid(), req.gid(), true)?;
                 let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
-                drop(fd);
-                self.finish_create(&p, name)
+                let (node, attr) = self.finish_create(&p, name)?;
+                Ok((node, attr, fd))
             })();
-            let (node, attr) = match self.changed(&[parent.0], res) {
+            let (node, attr, fd) = match self.changed(&[parent.0], res) {
                 Ok(x) => x,
                 Err(err) => return reply.error(e(err)),
             };
-            // Open it through the normal path, then convert the reply.
-            let st = node.snapshot();
-            let open = (|| -> Res<Arc<File>> {
-                let p = st.parent.clone().ok_or(libc::EIO)?;
-                let pfd = p.upper_dir().ok_or(libc::EIO)?;
-                let oflags = self.upper_open_flags(flags);
-                let fd = sys::open_at(pfd.as_fd(), &st.name, oflags | libc::O_NOFOLLOW, 0)
-                    .map_err(errno)?;
-                Ok(Arc::new(File::from(fd)))
-            })();
-            let file = match open {
-                Ok(f) => f,
-                Err(err) => return reply.error(e(err)),
-            };
+            let file = Arc::new(File::from(fd));
             node.lookups.fetch_add(1, Ordering::Relaxed);
             node.opens.fetch_add(1, Ordering::Relaxed);
             let fattr = self.fattr(&attr);

@@ -707,6 +707,12 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The daemon's effective group id.
+pub fn egid() -> u32 {
+    // SAFETY: getegid cannot fail.
+    unsafe { libc::getegid() }
+}
+
 /// What the kernel's set-id clearing looks at in a caller, read from
 /// `/proc/PID/status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -749,16 +755,56 @@ pub fn caller_creds(pid: u32) -> Option<CallerCreds> {
     Some(c)
 }
 
+/// `struct __user_cap_header_struct` of capget(2)/capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two of them.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+const CAP_FSETID_BIT: u32 = 1 << 4;
+
+/// capget or capset on the calling thread.
+fn cap_call(nr: libc::c_long, data: &mut [CapData; 2]) -> io::Result<()> {
+    let mut hdr = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: the header and the two data structs are the kernel's
+    // version-3 layout and live across the call; pid 0 is this thread.
+    check(unsafe {
+        libc::syscall(nr, &mut hdr as *mut CapHeader, data.as_mut_ptr()) as libc::c_int
+    })
+    .map(|_| ())
+}
+
 /// Runs `f` with `CAP_FSETID` dropped from the calling thread's effective
 /// set, then raises it again (capabilities are per thread). Without the
-/// capability in the permitted set (an unprivileged daemon) `f` just runs.
+/// capability in the effective set (an unprivileged daemon) `f` just runs.
+/// One capget and two capset calls, on every passthrough open: the `caps`
+/// crate used before made five capget calls for the same.
 pub fn without_fsetid<T>(f: impl FnOnce() -> T) -> T {
-    use caps::{CapSet, Capability};
-    let dropped = caps::has_cap(None, CapSet::Effective, Capability::CAP_FSETID).unwrap_or(false)
-        && caps::drop(None, CapSet::Effective, Capability::CAP_FSETID).is_ok();
+    let mut data = [CapData::default(); 2];
+    let dropped = cap_call(libc::SYS_capget, &mut data).is_ok()
+        && data[0].effective & CAP_FSETID_BIT != 0
+        && {
+            data[0].effective &= !CAP_FSETID_BIT;
+            cap_call(libc::SYS_capset, &mut data).is_ok()
+        };
     let out = f();
     if dropped {
-        if let Err(e) = caps::raise(None, CapSet::Effective, Capability::CAP_FSETID) {
+        data[0].effective |= CAP_FSETID_BIT;
+        if let Err(e) = cap_call(libc::SYS_capset, &mut data) {
             tracing::warn!("could not raise CAP_FSETID again: {e}");
         }
     }
@@ -872,4 +918,33 @@ pub fn new_map<K: Eq + std::hash::Hash, V>() -> dashmap::DashMap<K, V> {
         (cpus.max(1) * 4).next_power_of_two().max(2)
     });
     dashmap::DashMap::with_shard_amount(shards)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fsetid_effective() -> bool {
+        let mut data = [CapData::default(); 2];
+        cap_call(libc::SYS_capget, &mut data).expect("capget of this thread");
+        data[0].effective & CAP_FSETID_BIT != 0
+    }
+
+    #[test]
+    fn without_fsetid_drops_and_restores_the_capability() {
+        let before = fsetid_effective();
+        let inside = without_fsetid(fsetid_effective);
+        assert!(!inside, "CAP_FSETID still effective inside without_fsetid");
+        assert_eq!(
+            fsetid_effective(),
+            before,
+            "CAP_FSETID not restored after without_fsetid"
+        );
+        if euid() == 0 {
+            assert!(
+                before,
+                "root without CAP_FSETID: run the tests as real root"
+            );
+        }
+    }
 }

@@ -266,6 +266,9 @@ pub struct Union {
     pub opts: UnionOptions,
     /// Daemon runs privileged (chown of new files possible).
     pub privileged: bool,
+    /// The daemon's effective uid and gid (it never changes them): what
+    /// new entries get from the kernel.
+    pub daemon_ids: (u32, u32),
     tmp_counter: AtomicU64,
     /// This process's id, for temporary names (`getpid` is a system call).
     pid: u32,
@@ -353,6 +356,7 @@ impl Union {
             index_absent: sys::new_map(),
             opts,
             privileged: sys::euid() == 0,
+            daemon_ids: (sys::euid(), sys::egid()),
             tmp_counter: AtomicU64::new(0),
             pid: std::process::id(),
             no_reflink: std::sync::atomic::AtomicBool::new(false),
@@ -1521,18 +1525,37 @@ impl Union {
         }
     }
 
-    /// Gives `dir/name` the owner of the caller (on-disk ids), honouring setgid dirs.
-    pub fn set_owner(&self, dir: BorrowedFd<'_>, name: &[u8], uid: u32, gid: u32) -> Res<()> {
+    /// Gives `dir/name` the owner of the caller (on-disk ids), honouring
+    /// setgid dirs; `made_in_dir`: the entry was created in `dir` itself
+    /// (not moved there), so no chown is needed when it already has them.
+    pub fn set_owner(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        uid: u32,
+        gid: u32,
+        made_in_dir: bool,
+    ) -> Res<()> {
         if !self.privileged {
             return Ok(());
         }
+        let uid = self.opts.uids.to_host(uid);
         let mut gid = self.opts.gids.to_host(gid);
+        // What an entry made in `dir` got from the kernel: the daemon's own
+        // ids, or the group of a set-group-ID parent. (An entry made in the
+        // work dir and moved here got the work dir's, so it is always chowned.)
+        let (daemon_uid, mut made_gid) = self.daemon_ids;
         if let Ok(pst) = sys::fstat(dir) {
             if pst.st_mode & libc::S_ISGID != 0 {
                 gid = pst.st_gid;
+                made_gid = pst.st_gid;
             }
         }
-        sys::chown_at(dir, name, self.opts.uids.to_host(uid), gid).map_err(errno)
+        if made_in_dir && uid == daemon_uid && gid == made_gid {
+            // Already right (a root caller on a root daemon): no chown.
+            return Ok(());
+        }
+        sys::chown_at(dir, name, uid, gid).map_err(errno)
     }
 }
 
