@@ -188,18 +188,12 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Opens the kernel's PM QoS CPU latency device and asks for zero wake-up
-/// latency; the request lasts while the returned file is open.
+/// Asks the kernel's PM QoS device for zero CPU wake-up latency; the
+/// request lasts while the returned file is open.
 pub fn hold_zero_cpu_latency() -> Result<fs::File> {
-    use std::io::Write;
     let dev = unionfs::latency::DEVICE;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(dev)
-        .with_context(|| format!("--hold-cpu-latency: opening {dev} (needs root)"))?;
-    f.write_all(&0i32.to_ne_bytes())
-        .with_context(|| format!("--hold-cpu-latency: writing 0 to {dev}"))?;
-    Ok(f)
+    unionfs::latency::request_zero(Path::new(dev))
+        .with_context(|| format!("--hold-cpu-latency: asking {dev} for zero latency (needs root)"))
 }
 
 #[cfg(test)]

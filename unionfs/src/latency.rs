@@ -102,11 +102,7 @@ impl BusyLatency {
         if st.file.is_some() || st.failed {
             return;
         }
-        let opened = OpenOptions::new()
-            .write(true)
-            .open(&inner.path)
-            .and_then(|mut f| f.write_all(&0i32.to_ne_bytes()).map(|()| f));
-        match opened {
+        match request_zero(&inner.path) {
             Ok(f) => {
                 st.file = Some(f);
                 inner.held.store(true, Ordering::Relaxed);
@@ -139,6 +135,14 @@ impl BusyLatency {
             }
         }
     }
+}
+
+/// Asks for zero CPU wake-up latency through the PM QoS device at `path`
+/// (normally [`DEVICE`]); the request lasts while the returned file is open.
+pub fn request_zero(path: &std::path::Path) -> std::io::Result<File> {
+    let mut f = OpenOptions::new().write(true).open(path)?;
+    f.write_all(&0i32.to_ne_bytes())?;
+    Ok(f)
 }
 
 impl Default for BusyLatency {
