@@ -14,6 +14,7 @@ use nix::mount::{mount, MsFlags};
 use crate::dataset::Dataset;
 use crate::progress;
 use crate::sys;
+use crate::trash::Trash;
 
 /// How long a mount program may take before the mount counts as failed.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -122,6 +123,8 @@ pub struct RunDirs {
     pub work: PathBuf,
     /// Mount point.
     pub mnt: PathBuf,
+    /// Where used uppers wait until the end of the run.
+    pub trash: Trash,
 }
 
 impl RunDirs {
@@ -132,6 +135,7 @@ impl RunDirs {
             upper: run.join("upper"),
             work: run.join("work"),
             mnt: run.join("mnt"),
+            trash: Trash::new(run.join("trash")),
         }
     }
 
@@ -142,9 +146,7 @@ impl RunDirs {
             sys::unmount(&self.mnt)?;
         }
         for dir in [&self.upper, &self.work] {
-            if dir.exists() {
-                fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-            }
+            self.trash.discard(dir)?;
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         if self.mnt.exists() && !sys::is_mountpoint(&self.mnt) {
@@ -331,7 +333,7 @@ impl Backend {
         })
     }
 
-    /// Unmounts, waits for the daemon to exit and empties the upper layer; for
+    /// Unmounts, waits for the daemon to exit and sets the upper layer aside; for
     /// `native`, repairs the tree if the workload wrote to it.
     pub fn unmount(
         &self,
@@ -342,7 +344,7 @@ impl Backend {
     ) -> Result<()> {
         if self.is_native() {
             return if wrote {
-                dataset.restore_flat()
+                dataset.restore_flat(&dirs.trash)
             } else {
                 Ok(())
             };
@@ -393,9 +395,7 @@ impl Backend {
             }
         }
         for dir in [&dirs.upper, &dirs.work] {
-            if dir.exists() {
-                fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-            }
+            dirs.trash.discard(dir)?;
         }
         Ok(())
     }

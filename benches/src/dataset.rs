@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::progress;
 use crate::rng::Rng;
+use crate::trash::Trash;
 
 /// Bump when the generator changes, so cached datasets are rebuilt.
 const FORMAT_VERSION: u32 = 4;
@@ -202,12 +203,9 @@ impl Dataset {
 
     /// Makes the `native` tree equal to the merged view again after a
     /// workload wrote to it: re-creates removed entries, truncates appended
-    /// copies, restores ownership and removes new files.
-    pub fn restore_flat(&self) -> Result<()> {
-        let new = self.flat.join("bench-new");
-        if new.exists() {
-            fs::remove_dir_all(&new).with_context(|| format!("removing {}", new.display()))?;
-        }
+    /// copies, restores ownership and sets new files aside in `trash`.
+    pub fn restore_flat(&self, trash: &Trash) -> Result<()> {
+        trash.discard(&self.flat.join("bench-new"))?;
         populate_flat(self)?;
         for (rel, size) in &self.manifest.sizes {
             let path = self.flat.join(rel);

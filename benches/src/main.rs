@@ -24,6 +24,7 @@ mod rng;
 mod run;
 mod store;
 mod sys;
+mod trash;
 mod workload;
 
 use backend::{Backend, CustomSpec, Kind};
