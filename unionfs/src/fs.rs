@@ -432,11 +432,12 @@ impl UnionFs {
         if p.kind != EntryKind::Dir {
             return Err(libc::ENOTDIR);
         }
-        if self.u.resolve(&p, name)?.is_some() {
+        let (found, upper_whiteout) = self.u.resolve_for_create(&p, name)?;
+        if found.is_some() {
             return Err(libc::EEXIST);
         }
         let pfd = self.u.ensure_upper_dir(&p)?;
-        let had_whiteout = self.u.clear_whiteout(pfd.as_fd(), name)?;
+        let had_whiteout = upper_whiteout && self.u.clear_whiteout(pfd.as_fd(), name)?;
         let below = had_whiteout || self.u.name_in_lowers(&p.snapshot(), name)?;
         Ok((p, pfd, below))
     }
@@ -2056,11 +2057,23 @@ impl Filesystem for UnionFs {
                     mode & 0o7777,
                 )
                 .map_err(errno)?;
-                // Owner first: chown clears set-id bits.
-                self.u
-                    .set_owner(pfd.as_fd(), name, req.uid(), req.gid(), true)?;
-                let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
-                let (node, attr) = self.finish_create(&p, name)?;
+                let mut st = sys::fstat(fd.as_fd()).map_err(errno)?;
+                let mode = mode & 0o7777;
+                // Usually the new file already has the caller's ids and the
+                // mode asked for (a root caller, the daemon's umask covered
+                // by the caller's): then there is nothing to change.
+                if !self.u.created_owner_ok(&st, req.uid(), req.gid()) {
+                    // Owner first: chown clears set-id bits.
+                    self.u
+                        .set_owner(pfd.as_fd(), name, req.uid(), req.gid(), true)?;
+                    st.st_mode = 0; // re-read below
+                }
+                if st.st_mode & 0o7777 != mode {
+                    let _ = sys::fchmod(fd.as_fd(), mode);
+                    st = sys::fstat(fd.as_fd()).map_err(errno)?;
+                }
+                self.u.invalidate_dir(p.ino);
+                let (node, attr) = self.u.resolve_created(&p, name, &st)?.ok_or(libc::EIO)?;
                 Ok((node, attr, fd))
             })();
             let (node, attr, fd) = match self.changed(&[parent.0], res) {

@@ -93,6 +93,20 @@ pub struct LowerHint {
     present: u64,
 }
 
+/// A resolved name: its node and attributes, `None` when the union has no
+/// such name.
+pub type Resolved = Option<(Arc<Node>, LayerAttr)>;
+
+/// What a resolve is told and what it found out beyond the node.
+#[derive(Default)]
+struct Probe {
+    /// In: the attributes of a non-directory just created at the name in
+    /// the upper (skips the upper probe and the xattr reads).
+    created: Option<libc::stat>,
+    /// Out: the upper directory holds a whiteout for the name.
+    upper_whiteout: bool,
+}
+
 impl LowerHint {
     fn absent_from(self, layer: usize) -> bool {
         layer < 64 && (self.listed >> layer) & 1 == 1 && (self.present >> layer) & 1 == 0
@@ -616,7 +630,37 @@ impl Union {
     /// Resolves `name` in `parent` to a node (creating or refreshing it);
     /// `Ok(None)` when it does not exist in the union.
     pub fn resolve(&self, parent: &Arc<Node>, name: &[u8]) -> Res<Option<(Arc<Node>, LayerAttr)>> {
-        self.resolve_hinted(parent, name, None)
+        self.resolve_hinted(parent, name, None, &mut Probe::default())
+    }
+
+    /// [`Union::resolve`] before a create: also says whether the upper
+    /// directory holds a whiteout for `name` (which the create must remove).
+    /// Without one there is nothing to clear: the kernel holds the parent's
+    /// lock from the lookup to the create, so no one adds one in between.
+    pub fn resolve_for_create(
+        &self,
+        parent: &Arc<Node>,
+        name: &[u8],
+    ) -> Res<(Resolved, bool)> {
+        let mut probe = Probe::default();
+        let found = self.resolve_hinted(parent, name, None, &mut probe)?;
+        Ok((found, probe.upper_whiteout))
+    }
+
+    /// The node of a non-directory this daemon has just created at `name`
+    /// in `parent`'s upper directory, with `st` its attributes: its own
+    /// entry, with no overlay xattrs and nothing below it to look up.
+    pub fn resolve_created(
+        &self,
+        parent: &Arc<Node>,
+        name: &[u8],
+        st: &libc::stat,
+    ) -> Res<Option<(Arc<Node>, LayerAttr)>> {
+        let mut probe = Probe {
+            created: Some(*st),
+            ..Probe::default()
+        };
+        self.resolve_hinted(parent, name, None, &mut probe)
     }
 
     /// [`Union::resolve`] for a name of `listing`, the parent's listing:
@@ -627,7 +671,12 @@ impl Union {
         listing: &Listing,
         entry: &DirEnt,
     ) -> Res<Option<(Arc<Node>, LayerAttr)>> {
-        self.resolve_hinted(parent, &entry.name, Some((listing, listing.hint(entry))))
+        self.resolve_hinted(
+            parent,
+            &entry.name,
+            Some((listing, listing.hint(entry))),
+            &mut Probe::default(),
+        )
     }
 
     fn resolve_hinted(
@@ -635,6 +684,7 @@ impl Union {
         parent: &Arc<Node>,
         name: &[u8],
         hint: Option<(&Listing, LowerHint)>,
+        probe: &mut Probe,
     ) -> Res<Option<(Arc<Node>, LayerAttr)>> {
         if name.len() > 255 {
             return Err(libc::ENAMETOOLONG);
@@ -655,10 +705,19 @@ impl Union {
         let mut metacopy = false;
         let mut redirect: Option<Vec<u8>> = None;
         let mut origin = None;
-        if let Some(pfd) = ps.upper_dir() {
+        // A non-directory just created in the upper: known, not probed.
+        let created = probe
+            .created
+            .filter(|st| EntryKind::from_mode(st.st_mode) != EntryKind::Dir);
+        if let Some(st) = created {
+            upper_st = Some(st);
+        } else if let Some(pfd) = ps.upper_dir() {
             match whiteout::classify_at(pfd.as_fd(), name).map_err(errno)? {
                 None => {}
-                Some((_, EntryKind::Whiteout)) => return Ok(None),
+                Some((_, EntryKind::Whiteout)) => {
+                    probe.upper_whiteout = true;
+                    return Ok(None);
+                }
                 Some((st, kind)) => {
                     let st = st.ok_or(libc::EIO)?;
                     if kind == EntryKind::Dir {
@@ -1523,6 +1582,16 @@ impl Union {
         if ino != ROOT_INO {
             self.nodes.remove(&ino);
         }
+    }
+
+    /// Whether an entry the daemon just created, with attributes `st`,
+    /// already has the owner [`Union::set_owner`] would give it for a caller
+    /// with `uid`/`gid`: the caller's ids. (A set-group-ID parent gave it
+    /// the parent's group; when that equals the caller's, it is right too.)
+    pub fn created_owner_ok(&self, st: &libc::stat, uid: u32, gid: u32) -> bool {
+        !self.privileged
+            || (st.st_uid == self.opts.uids.to_host(uid)
+                && st.st_gid == self.opts.gids.to_host(gid))
     }
 
     /// Gives `dir/name` the owner of the caller (on-disk ids), honouring
