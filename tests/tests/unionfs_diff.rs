@@ -796,6 +796,27 @@ fn rename_onto_upper_dir_with_whiteout_over_lower_fifo_is_enotempty() {
     assert_same(&s);
 }
 
+/// A failed rename of a pure upper directory whose name a lower file also
+/// has: overlayfs renames with RENAME_WHITEOUT (the old name needs a
+/// whiteout), and ext4's failed attempt leaves the old parent's mtime at
+/// now. unionfs did this only for merged directories (fsfuzz seed 930190).
+#[test]
+fn failed_rename_of_upper_dir_over_lower_file_touches_old_parent() {
+    let mut s = sc(
+        vec![vec![], vec![Node::file("d/d", b"").mode(0o444)]],
+        vec![Op::Rename {
+            from: p("d/d"),
+            to: p("e"),
+            mode: RenameMode::Plain,
+        }],
+    );
+    s.upper = LayerSpec::new(vec![
+        Node::dir("d/d").mode(0o555).owner(1000, 1001),
+        Node::file("e/b", b"x"),
+    ]);
+    assert_same(&s);
+}
+
 // ---- upper format ----
 
 /// An upper written by unionfs must not carry private `trusted.*` xattrs:

@@ -776,8 +776,11 @@ impl UnionFs {
         };
         if late_enotempty {
             fix_dir(&src, &src_st, &ofd, name, new_parent_merged)?;
-            if src.kind == EntryKind::Dir && !src_st.lowers.is_empty() {
-                // The kernel's failed attempt also leaves the old parent's mtime at now.
+            if src.kind == EntryKind::Dir && old_below {
+                // A name that exists below needs a whiteout when it moves,
+                // so overlayfs renames with RENAME_WHITEOUT, and ext4's
+                // failed attempt leaves the old parent's mtime at now. That
+                // holds for a pure upper directory over a lower file too.
                 let _ = sys::utimens_at(ofd.as_fd(), b"", Time::Omit, Time::Now);
             }
             self.u.invalidate_dir(op.ino);
