@@ -432,12 +432,16 @@ impl UnionFs {
         if p.kind != EntryKind::Dir {
             return Err(libc::ENOTDIR);
         }
+        let had_upper = p.snapshot().upper_dir().is_some();
         let (found, upper_whiteout) = self.u.resolve_for_create(&p, name)?;
         if found.is_some() {
             return Err(libc::EEXIST);
         }
         let pfd = self.u.ensure_upper_dir(&p)?;
-        let had_whiteout = upper_whiteout && self.u.clear_whiteout(pfd.as_fd(), name)?;
+        // The resolve looked in the upper directory only if it was known
+        // then; one that ensure_upper_dir just found or made is checked here.
+        let had_whiteout =
+            (upper_whiteout || !had_upper) && self.u.clear_whiteout(pfd.as_fd(), name)?;
         let below = had_whiteout || self.u.name_in_lowers(&p.snapshot(), name)?;
         Ok((p, pfd, below))
     }

@@ -637,11 +637,7 @@ impl Union {
     /// directory holds a whiteout for `name` (which the create must remove).
     /// Without one there is nothing to clear: the kernel holds the parent's
     /// lock from the lookup to the create, so no one adds one in between.
-    pub fn resolve_for_create(
-        &self,
-        parent: &Arc<Node>,
-        name: &[u8],
-    ) -> Res<(Resolved, bool)> {
+    pub fn resolve_for_create(&self, parent: &Arc<Node>, name: &[u8]) -> Res<(Resolved, bool)> {
         let mut probe = Probe::default();
         let found = self.resolve_hinted(parent, name, None, &mut probe)?;
         Ok((found, probe.upper_whiteout))
