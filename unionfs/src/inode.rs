@@ -25,10 +25,20 @@ const LOW_MASK: u64 = (1 << TAG_SHIFT) - 1;
 const OVERFLOW_TAG: u64 = 0xff;
 
 /// Allocates union inode numbers.
-#[derive(Default)]
 pub struct InoMap {
     overflow: DashMap<(u64, u64), u64>,
     next_overflow: AtomicU64,
+}
+
+impl Default for InoMap {
+    // Not derived: `DashMap::default` sizes its shards from
+    // `available_parallelism`, which reads cgroup files on every mount.
+    fn default() -> Self {
+        InoMap {
+            overflow: crate::sys::new_map(),
+            next_overflow: AtomicU64::new(0),
+        }
+    }
 }
 
 impl InoMap {

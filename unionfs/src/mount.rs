@@ -443,8 +443,20 @@ pub fn mount_foreground(
 ) -> Result<(), Error> {
     let sigs = sys::block_term_signals();
     let (session, kernel) = connect(&cfg, mountpoint)?;
+    ready();
+    serve(session, kernel, sigs, mountpoint)
+}
+
+/// Serves a live mount until it is unmounted; one of the signals in `sigs`
+/// (blocked in this thread) unmounts it.
+fn serve(
+    session: fuser::Session<UnionFs>,
+    kernel: Arc<KernelMount>,
+    sigs: libc::sigset_t,
+    mountpoint: &Path,
+) -> Result<(), Error> {
     let unmounter = kernel.clone();
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("unionfs-signals".into())
         .spawn(move || {
             let sig = sys::wait_signal(&sigs);
@@ -452,9 +464,13 @@ pub fn mount_foreground(
             if unmounter.unmount(false).is_err() {
                 let _ = unmounter.unmount(true);
             }
-        })
-        .map_err(io_err("starting the signal thread".into()))?;
-    ready();
+        });
+    if let Err(e) = spawned {
+        // Nothing would unmount on a signal: take the mount down rather
+        // than serve one that SIGTERM cannot stop.
+        let _ = kernel.unmount(true);
+        return Err(io_err("starting the signal thread".into())(e));
+    }
     let res = session
         .run()
         .map_err(io_err(format!("serving {}", mountpoint.display())));
@@ -463,56 +479,43 @@ pub fn mount_foreground(
     res
 }
 
-/// Mounts in a daemon process (like fuse-overlayfs without `-f`): forks,
-/// the child serves the mount in its own session until unmounted or
-/// SIGTERM; this returns in the parent once the mount is live, or with the
-/// child's error. Call it before starting any thread.
+/// Mounts in a daemon process (like fuse-overlayfs without `-f`): mounts
+/// and completes the kernel handshake in this process, so every error is
+/// returned here, then forks; the child serves the mount in its own session
+/// until unmounted or SIGTERM, and this returns at once. Call it before
+/// starting any thread.
 pub fn mount_daemon(cfg: MountConfig, mountpoint: &Path, keep_stderr: bool) -> Result<(), Error> {
-    use std::io::{Read, Write};
-    let (mut rd, mut wr) = sys::pipe().map_err(io_err("creating a pipe".into()))?;
-    match sys::fork().map_err(io_err("forking the daemon".into()))? {
-        Some(_child) => {
-            drop(wr);
-            let mut head = [0u8; 2];
-            let mut got = 0;
-            while got < 2 {
-                match rd.read(&mut head[got..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got += n,
-                }
-            }
-            if &head[..got] == b"ok" {
-                return Ok(());
-            }
-            let mut msg = String::new();
-            let _ = rd.read_to_string(&mut msg);
-            if got == 0 {
-                Err(Error::Config(format!(
-                    "the unionfs daemon for {} exited before the mount was live",
-                    mountpoint.display()
-                )))
-            } else {
-                Err(Error::Config(msg))
-            }
+    let sigs = sys::block_term_signals();
+    let (session, kernel) = match connect(&cfg, mountpoint) {
+        Ok(c) => c,
+        Err(e) => {
+            sys::unblock_signals(&sigs);
+            return Err(e);
         }
-        None => {
-            drop(rd);
+    };
+    match sys::fork() {
+        Err(e) => {
+            let _ = kernel.unmount(true);
+            sys::unblock_signals(&sigs);
+            Err(io_err("forking the daemon".into())(e))
+        }
+        Ok(Some(_child)) => {
+            // The child owns the connection now. Dropping the session here
+            // would run the filesystem's destroy hook in this process.
+            std::mem::forget(session);
+            sys::unblock_signals(&sigs);
+            Ok(())
+        }
+        Ok(None) => {
             sys::setsid();
-            let mut wr_ready = wr.try_clone().ok();
-            let res = mount_foreground(cfg, mountpoint, || {
-                if let Some(mut w) = wr_ready.take() {
-                    let _ = w.write_all(b"ok");
-                }
-                sys::detach_stdio_keep(keep_stderr);
-            });
-            let code = match res {
+            sys::detach_stdio_keep(keep_stderr);
+            let code = match serve(session, kernel, sigs, mountpoint) {
                 Ok(()) => 0,
                 Err(e) => {
-                    let _ = wr.write_all(format!("e:{e}").as_bytes());
+                    tracing::error!("{e}");
                     1
                 }
             };
-            drop(wr);
             std::process::exit(code);
         }
     }
