@@ -128,9 +128,11 @@ impl Store {
                 let p = self.layer_path(&layer);
                 report.bytes_freed += fs::metadata(&p).map_or(0, |m| m.len());
                 fs::remove_file(&p).ctx("remove layer", &p)?;
+                self.forget_checked(&layer);
                 report.layers_removed += 1;
             }
         }
+        self.sweep_checked()?;
         for (id, path) in list_blobs(self)? {
             if !live_blobs.contains(&id) {
                 report.bytes_freed += fs::metadata(&path).map_or(0, |m| m.len());

@@ -4,6 +4,7 @@
 //! <store>/
 //!   blobs/<2 hex>/<64 hex>   file contents, named by BLAKE3
 //!   layers/<64 hex>.idx      layer indexes, named by the BLAKE3 of the file
+//!   layers/<64 hex>.checked  identity of the index file at its last full check
 //!   images/<64 hex>.json     image records (JSON, see `image::ImageRecord`;
 //!                            `sources` lists blobs kept as a registry served them)
 //!   refs.json                name:tag -> image id
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{BlobId, ImageId, LayerId};
 use crate::image::{self, ImageRecord, ImageSource, KeptBlob, NewImage};
-use crate::index::Index;
+use crate::index::{Checks, Index};
 
 /// A layer store rooted at one directory.
 #[derive(Debug, Clone)]
@@ -229,17 +230,73 @@ impl Store {
 
     // ---- layers -----------------------------------------------------------
 
-    /// Open the index of layer `id` (structure and checksum checked).
+    /// Open the index of layer `id`.
+    ///
+    /// The first open checks its structure and checksum (reading the whole
+    /// file, several milliseconds for a large image) and then records the
+    /// file's identity (device, inode, size, modification and change times)
+    /// in `layers/<id>.checked`. Later opens of the same, unchanged file
+    /// check only the header. Any write to the index, a copy or a
+    /// replacement changes its change time, so it is checked in full again.
+    /// Damage that bypasses the file system (a failing disk) is what
+    /// `strata store verify` finds. The record is written only where the
+    /// caller may write to the store; elsewhere every open is a full check.
     pub fn open_layer(&self, id: &LayerId) -> Result<Index> {
         let p = self.layer_path(id);
-        if !p.exists() {
-            return Err(Error::NotFound {
-                kind: "layer",
-                name: id.to_hex(),
-                store: self.root.clone(),
-            });
+        let file = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    kind: "layer",
+                    name: id.to_hex(),
+                    store: self.root.clone(),
+                })
+            }
+            Err(e) => return Err(e).ctx("open layer index", &p),
+        };
+        let meta = file.metadata().ctx("stat layer index", &p)?;
+        let stamp = checked_stamp(&meta);
+        let stamp_path = self.checked_path(id);
+        if fs::read(&stamp_path).is_ok_and(|s| s == stamp.as_bytes()) {
+            return Index::from_file(&file, meta.len(), &p, Checks::Header);
         }
-        Index::open(&p)
+        let index = Index::from_file(&file, meta.len(), &p, Checks::Full)?;
+        // Best effort: a read-only store just checks in full every time. A
+        // torn write cannot match a later stamp, so no temp file is needed.
+        let _ = fs::write(&stamp_path, stamp);
+        Ok(index)
+    }
+
+    /// Drops the record of layer `id`'s last full check (its index is gone).
+    pub(crate) fn forget_checked(&self, id: &LayerId) {
+        let _ = fs::remove_file(self.checked_path(id));
+    }
+
+    /// Removes check records whose layer index is gone (a crash between
+    /// removing a layer and its record). Returns how many.
+    pub(crate) fn sweep_checked(&self) -> Result<u64> {
+        let dir = self.root.join("layers");
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).ctx("list", &dir)? {
+            let entry = entry.ctx("list", &dir)?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".checked"))
+                .and_then(|hex| LayerId::from_hex(hex).ok())
+            else {
+                continue;
+            };
+            if !self.layer_path(&id).exists() && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Where the record of layer `id`'s last full check lives.
+    fn checked_path(&self, id: &LayerId) -> PathBuf {
+        self.root.join("layers").join(format!("{id}.checked"))
     }
 
     /// Whether layer `id` is present.
@@ -659,4 +716,20 @@ pub(crate) fn list_blobs(store: &Store) -> Result<HashMap<BlobId, PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// What identifies one version of an index file: its device, inode, size,
+/// and modification and change times to the nanosecond.
+fn checked_stamp(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "strata-index-checked 1 dev={} ino={} size={} mtime={}.{:09} ctime={}.{:09}\n",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
 }

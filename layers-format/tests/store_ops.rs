@@ -132,6 +132,49 @@ fn damaged_index_fails_to_open_with_a_clear_error() {
 }
 
 #[test]
+fn a_checked_index_is_checked_again_once_it_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (a, _) = two_layer_tars();
+    let layer = store
+        .import_layer_tar(&a[..], Compression::None)
+        .unwrap()
+        .layer;
+    let path = store.layer_path(&layer);
+    let record = path.with_extension("checked");
+    store.open_layer(&layer).unwrap();
+    assert!(record.exists(), "no check record after a full open");
+    // The second open takes the record and finds the same tree.
+    let idx = store.open_layer(&layer).unwrap();
+    assert!(idx.lookup_path(b"bin/tool").is_some());
+
+    // Damage the body in place and put the modification time back: the
+    // change time still moves, so the record no longer matches.
+    let good = fs::read(&path).unwrap();
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bad = good.clone();
+    let at = good.len() - 1;
+    bad[at] ^= 0x10;
+    fs::write(&path, &bad).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let err = store.open_layer(&layer).unwrap_err();
+    assert!(matches!(err, Error::CorruptIndex { .. }), "{err}");
+
+    // Repaired, it opens again; gc of the unused layer drops its record.
+    fs::write(&path, &good).unwrap();
+    store.open_layer(&layer).unwrap();
+    assert!(record.exists());
+    let gc = store.gc().unwrap();
+    assert_eq!(gc.layers_removed, 1);
+    assert!(!path.exists() && !record.exists());
+}
+
+#[test]
 fn names_tags_and_prefixes() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(&tmp.path().join("store")).unwrap();

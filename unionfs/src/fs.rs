@@ -1308,6 +1308,11 @@ pub(crate) fn opstats_write() {
 }
 
 impl UnionFs {
+    /// Another handle on the CPU latency holder (`cpu_latency=on`).
+    pub(crate) fn latency_handle(&self) -> Option<BusyLatency> {
+        self.latency.clone()
+    }
+
     /// Runs one request handler; a panic in it is logged and the request
     /// answered EIO (the unsent reply does that when dropped during
     /// unwinding), so one bad request does not take a worker thread, or the

@@ -16,8 +16,8 @@
 //! their shallowest idle state (a polling loop on most machines), the same
 //! request latency-sensitive programs and tuned's `latency-performance`
 //! profile make. [`BusyLatency`] makes it only while requests arrive: the
-//! first request of a burst opens the device, and a helper thread closes it
-//! once no request came for [`IDLE_RELEASE`]. An idle mount holds nothing
+//! first request of a burst wakes a helper thread, which opens the device
+//! and closes it once no request came for [`IDLE_RELEASE`]. An idle mount holds nothing
 //! and costs nothing. Only root may open the device; everyone else (and
 //! `cpu_latency=off`) gets the default idle behaviour.
 
@@ -36,7 +36,9 @@ pub const DEVICE: &str = "/dev/cpu_dma_latency";
 /// How long the request is kept after the last FUSE request.
 pub const IDLE_RELEASE: Duration = Duration::from_millis(10);
 
-/// Holds a zero CPU latency request while requests keep coming.
+/// Holds a zero CPU latency request while requests keep coming. Clones
+/// share one holder.
+#[derive(Clone)]
 pub struct BusyLatency {
     inner: Arc<Inner>,
 }
@@ -44,9 +46,12 @@ pub struct BusyLatency {
 struct Inner {
     path: PathBuf,
     idle: Duration,
-    /// Requests seen; the releaser compares it across an idle period.
+    /// Requests seen; the holder compares it across an idle period.
     requests: AtomicU64,
-    /// The device is open (a fast check on the request path).
+    /// A request arrived while nothing was held: the holder should take it.
+    /// Set on the request path, cleared by the holder when it releases.
+    wanted: AtomicBool,
+    /// The device is open.
     held: AtomicBool,
     state: Mutex<State>,
     wake: Condvar,
@@ -54,12 +59,10 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    /// The open device while the request is held.
-    file: Option<File>,
     /// Opening or writing the device failed once: never try again.
     failed: bool,
-    /// A releaser thread is running.
-    releaser: bool,
+    /// The holder thread is running.
+    holder: bool,
 }
 
 impl BusyLatency {
@@ -75,6 +78,7 @@ impl BusyLatency {
                 path,
                 idle,
                 requests: AtomicU64::new(0),
+                wanted: AtomicBool::new(false),
                 held: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
                 wake: Condvar::new(),
@@ -82,12 +86,23 @@ impl BusyLatency {
         }
     }
 
-    /// Called at the start of every request.
+    /// Called at the start of every request. It only counts and, at the
+    /// start of a burst, wakes the holder thread: opening the device (the
+    /// kernel then updates every CPU's idle policy) and starting a thread
+    /// stay off the request's path.
     pub fn request(&self) {
-        self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        if !self.inner.held.load(Ordering::Relaxed) {
-            self.acquire();
+        let inner = &self.inner;
+        inner.requests.fetch_add(1, Ordering::Relaxed);
+        if !inner.held.load(Ordering::Relaxed) && !inner.wanted.swap(true, Ordering::AcqRel) {
+            self.wake_holder();
         }
+    }
+
+    /// Starts the holder thread now rather than on the first request (the
+    /// mount calls it from a thread that is not serving requests).
+    pub fn start(&self) {
+        let mut st = self.inner.state.lock();
+        self.ensure_holder(&mut st);
     }
 
     /// Whether the latency request is held now.
@@ -96,42 +111,32 @@ impl BusyLatency {
     }
 
     #[cold]
-    fn acquire(&self) {
-        let inner = &self.inner;
-        let mut st = inner.state.lock();
-        if st.file.is_some() || st.failed {
+    fn wake_holder(&self) {
+        let mut st = self.inner.state.lock();
+        if st.failed {
             return;
         }
-        match request_zero(&inner.path) {
-            Ok(f) => {
-                st.file = Some(f);
-                inner.held.store(true, Ordering::Relaxed);
-            }
-            Err(err) => {
-                st.failed = true;
-                tracing::debug!(
-                    device = %inner.path.display(),
-                    "no CPU latency request (idle CPUs may sleep deeply): {err}"
-                );
-                return;
-            }
+        if st.holder {
+            self.inner.wake.notify_one();
+        } else {
+            self.ensure_holder(&mut st);
         }
-        if st.releaser {
-            inner.wake.notify_one();
+    }
+
+    fn ensure_holder(&self, st: &mut State) {
+        if st.holder || st.failed {
             return;
         }
-        let weak = Arc::downgrade(inner);
-        let spawned = std::thread::Builder::new()
+        let weak = Arc::downgrade(&self.inner);
+        match std::thread::Builder::new()
             .name("unionfs-latency".into())
-            .spawn(move || release_loop(weak));
-        match spawned {
-            Ok(_) => st.releaser = true,
+            .spawn(move || hold_loop(weak))
+        {
+            Ok(_) => st.holder = true,
             Err(err) => {
-                // Nobody would release it: do not hold it at all.
-                st.file = None;
+                // Nobody would release a request: never make one.
                 st.failed = true;
-                inner.held.store(false, Ordering::Relaxed);
-                tracing::debug!("no CPU latency request (no releaser thread): {err}");
+                tracing::debug!("no CPU latency request (no holder thread): {err}");
             }
         }
     }
@@ -151,10 +156,10 @@ impl Default for BusyLatency {
     }
 }
 
-/// Releases the request after an idle period; waits while nothing is held.
-/// Ends once the holder is gone (it holds only a weak reference between
-/// rounds, so dropping the mount's [`BusyLatency`] frees everything).
-fn release_loop(weak: Weak<Inner>) {
+/// The holder thread: takes the request when a burst starts, releases it
+/// after an idle period, and waits in between. Ends once the mount's
+/// [`BusyLatency`] is gone (it holds only a weak reference between rounds).
+fn hold_loop(weak: Weak<Inner>) {
     // How long to wait for a new burst before checking whether the holder
     // still exists.
     const PARK: Duration = Duration::from_secs(1);
@@ -162,26 +167,54 @@ fn release_loop(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let before = inner.requests.load(Ordering::Relaxed);
-        if inner.held.load(Ordering::Relaxed) {
-            std::thread::sleep(inner.idle);
-            if inner.requests.load(Ordering::Relaxed) == before {
-                let mut st = inner.state.lock();
-                st.file = None;
-                inner.held.store(false, Ordering::Relaxed);
-            }
-        } else {
+        {
             let mut st = inner.state.lock();
-            if st.file.is_none() {
+            if !inner.wanted.load(Ordering::Acquire) {
                 inner.wake.wait_for(&mut st, PARK);
+                continue;
             }
         }
+        let file = match request_zero(&inner.path) {
+            Ok(f) => f,
+            Err(err) => {
+                inner.state.lock().failed = true;
+                tracing::debug!(
+                    device = %inner.path.display(),
+                    "no CPU latency request (idle CPUs may sleep deeply): {err}"
+                );
+                return;
+            }
+        };
+        inner.held.store(true, Ordering::Release);
+        loop {
+            let before = inner.requests.load(Ordering::Relaxed);
+            std::thread::sleep(inner.idle);
+            if inner.requests.load(Ordering::Relaxed) == before {
+                break;
+            }
+        }
+        // Cleared before `held`: a request that sees `held` false then
+        // finds `wanted` false too and wakes this thread again.
+        inner.wanted.store(false, Ordering::Release);
+        inner.held.store(false, Ordering::Release);
+        drop(file);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Polls `cond` for up to five seconds.
+    fn wait_until(cond: impl Fn() -> bool) -> bool {
+        for _ in 0..500 {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cond()
+    }
 
     fn content(p: &std::path::Path) -> Vec<u8> {
         std::fs::read(p).unwrap_or_default()
@@ -196,7 +229,10 @@ mod tests {
         let b = BusyLatency::with_device(dev.clone(), Duration::from_millis(200));
         assert!(!b.held(), "nothing is held before the first request");
         b.request();
-        assert!(b.held(), "the first request takes the latency request");
+        assert!(
+            wait_until(|| b.held()),
+            "the first request did not take the latency request"
+        );
         assert_eq!(content(&dev), 0i32.to_ne_bytes());
         // Requests closer together than the idle period keep it.
         for _ in 0..10 {
@@ -208,7 +244,7 @@ mod tests {
         assert!(!b.held(), "still held 1 s after the last request");
         // A new burst takes it again.
         b.request();
-        assert!(b.held());
+        assert!(wait_until(|| b.held()), "a new burst did not take it again");
         std::thread::sleep(Duration::from_millis(1000));
         assert!(!b.held());
     }
@@ -218,8 +254,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let b = BusyLatency::with_device(dir.path().join("missing"), Duration::from_millis(5));
         b.request();
+        assert!(
+            wait_until(|| b.inner.state.lock().failed),
+            "the failure was not recorded"
+        );
         b.request();
         assert!(!b.held());
-        assert!(b.inner.state.lock().failed);
     }
 }

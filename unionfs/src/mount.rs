@@ -10,6 +10,7 @@ use crate::kmount::{self, KernelMount, KernelOptions};
 
 use crate::dir_layer::DirLayer;
 use crate::fs::{FsTuning, UnionFs};
+use crate::latency::BusyLatency;
 use crate::layer::Layer;
 use crate::sys;
 use crate::union::{IdMapping, Union, UnionOptions, Upper};
@@ -325,25 +326,35 @@ fn acl(cfg: &MountConfig) -> SessionACL {
 }
 
 /// Mounts the kernel side and starts a fuser session on the connection.
-fn connect(
-    cfg: &MountConfig,
-    mountpoint: &Path,
-) -> Result<(fuser::Session<UnionFs>, Arc<KernelMount>), Error> {
+fn connect(cfg: &MountConfig, mountpoint: &Path) -> Result<Connected, Error> {
     let (fs, config, kopts) = prepare(cfg)?;
     let notifier = fs.notifier_slot();
+    let latency = fs.latency_handle();
     let (fd, km) = kmount::mount(mountpoint, &kopts)
         .map_err(io_err(format!("mounting at {}", mountpoint.display())))?;
     let km = Arc::new(km);
     match fuser::Session::from_fd(fs, fd, acl(cfg), config) {
         Ok(s) => {
             let _ = notifier.set(s.notifier());
-            Ok((s, km))
+            Ok(Connected {
+                session: s,
+                kernel: km,
+                latency,
+            })
         }
         Err(e) => {
             let _ = km.unmount(true);
             Err(io_err(format!("mounting at {}", mountpoint.display()))(e))
         }
     }
+}
+
+/// A mounted, handshaken connection not yet served.
+struct Connected {
+    session: fuser::Session<UnionFs>,
+    kernel: Arc<KernelMount>,
+    /// The filesystem's CPU latency holder, if it makes requests.
+    latency: Option<BusyLatency>,
 }
 
 /// A live mount served by background threads. Unmounts on drop.
@@ -421,7 +432,9 @@ impl Drop for MountHandle {
 /// # Ok::<(), unionfs::Error>(())
 /// ```
 pub fn mount_background(cfg: MountConfig, mountpoint: &Path) -> Result<MountHandle, Error> {
-    let (session, kernel) = connect(&cfg, mountpoint)?;
+    let Connected {
+        session, kernel, ..
+    } = connect(&cfg, mountpoint)?;
     let bg = session.spawn().map_err(io_err(format!(
         "starting the server for {}",
         mountpoint.display()
@@ -442,23 +455,27 @@ pub fn mount_foreground(
     ready: impl FnOnce(),
 ) -> Result<(), Error> {
     let sigs = sys::block_term_signals();
-    let (session, kernel) = connect(&cfg, mountpoint)?;
+    let conn = connect(&cfg, mountpoint)?;
     ready();
-    serve(session, kernel, sigs, mountpoint)
+    serve(conn, sigs, mountpoint)
 }
 
 /// Serves a live mount until it is unmounted; one of the signals in `sigs`
 /// (blocked in this thread) unmounts it.
-fn serve(
-    session: fuser::Session<UnionFs>,
-    kernel: Arc<KernelMount>,
-    sigs: libc::sigset_t,
-    mountpoint: &Path,
-) -> Result<(), Error> {
+fn serve(conn: Connected, sigs: libc::sigset_t, mountpoint: &Path) -> Result<(), Error> {
+    let Connected {
+        session,
+        kernel,
+        latency,
+    } = conn;
     let unmounter = kernel.clone();
     let spawned = std::thread::Builder::new()
         .name("unionfs-signals".into())
         .spawn(move || {
+            // Off the path of the first request, which would start it.
+            if let Some(l) = latency {
+                l.start();
+            }
             let sig = sys::wait_signal(&sigs);
             tracing::info!(sig, "signal received, unmounting");
             if unmounter.unmount(false).is_err() {
@@ -486,7 +503,7 @@ fn serve(
 /// starting any thread.
 pub fn mount_daemon(cfg: MountConfig, mountpoint: &Path, keep_stderr: bool) -> Result<(), Error> {
     let sigs = sys::block_term_signals();
-    let (session, kernel) = match connect(&cfg, mountpoint) {
+    let conn = match connect(&cfg, mountpoint) {
         Ok(c) => c,
         Err(e) => {
             sys::unblock_signals(&sigs);
@@ -495,21 +512,21 @@ pub fn mount_daemon(cfg: MountConfig, mountpoint: &Path, keep_stderr: bool) -> R
     };
     match sys::fork() {
         Err(e) => {
-            let _ = kernel.unmount(true);
+            let _ = conn.kernel.unmount(true);
             sys::unblock_signals(&sigs);
             Err(io_err("forking the daemon".into())(e))
         }
         Ok(Some(_child)) => {
             // The child owns the connection now. Dropping the session here
             // would run the filesystem's destroy hook in this process.
-            std::mem::forget(session);
+            std::mem::forget(conn);
             sys::unblock_signals(&sigs);
             Ok(())
         }
         Ok(None) => {
             sys::setsid();
             sys::detach_stdio_keep(keep_stderr);
-            let code = match serve(session, kernel, sigs, mountpoint) {
+            let code = match serve(conn, sigs, mountpoint) {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!("{e}");
