@@ -27,6 +27,6 @@ pub use error::{Error, Result};
 pub use ids::{BlobId, ImageId, LayerId};
 pub use image::{ImageConfig, ImageRecord, ImageSource, KeptBlob, NewImage};
 pub use import::{Compression, DirFormat, LayerImport, SourceKind};
-pub use index::{Attr, Content, DirEntry, FileKind, Index};
+pub use index::{Attr, Checks, Content, DirEntry, FileKind, Index};
 pub use maint::{DiskUsage, GcReport, Problem, VerifyReport};
 pub use store::{RemovedImage, Store, StoreLock};

@@ -24,6 +24,21 @@ fn two_layer_tars() -> (Vec<u8>, Vec<u8>) {
     (a.finish(), b.finish())
 }
 
+/// A store in `dir` with the first layer of [`two_layer_tars`]: the store,
+/// the layer and its index file.
+fn store_with_one_layer(
+    dir: &std::path::Path,
+) -> (Store, layers_format::LayerId, std::path::PathBuf) {
+    let store = Store::open(&dir.join("store")).unwrap();
+    let (a, _) = two_layer_tars();
+    let layer = store
+        .import_layer_tar(&a[..], Compression::None)
+        .unwrap()
+        .layer;
+    let path = store.layer_path(&layer);
+    (store, layer, path)
+}
+
 #[test]
 fn same_content_is_stored_once_and_df_shows_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -99,13 +114,7 @@ fn verify_names_a_damaged_blob() {
 #[test]
 fn damaged_index_fails_to_open_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store")).unwrap();
-    let (a, _) = two_layer_tars();
-    let layer = store
-        .import_layer_tar(&a[..], Compression::None)
-        .unwrap()
-        .layer;
-    let path = store.layer_path(&layer);
+    let (store, layer, path) = store_with_one_layer(tmp.path());
     let good = fs::read(&path).unwrap();
     for at in [0, 9, 200, good.len() / 2, good.len() - 1] {
         let mut bad = good.clone();
@@ -134,13 +143,7 @@ fn damaged_index_fails_to_open_with_a_clear_error() {
 #[test]
 fn a_checked_index_is_checked_again_once_it_changes() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store")).unwrap();
-    let (a, _) = two_layer_tars();
-    let layer = store
-        .import_layer_tar(&a[..], Compression::None)
-        .unwrap()
-        .layer;
-    let path = store.layer_path(&layer);
+    let (store, layer, path) = store_with_one_layer(tmp.path());
     let record = path.with_extension("checked");
     store.open_layer(&layer).unwrap();
     assert!(record.exists(), "no check record after a full open");
