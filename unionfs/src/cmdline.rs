@@ -16,7 +16,7 @@ pub const USAGE: &str =
 options: lowerdir= upperdir= workdir= squash_to_root uidmapping=C:H:N[:C:H:N...]
          gidmapping=... fsync=0|1 allow_other allow_root default_permissions
          threads=N passthrough=0|1 writeback=0|1 metacopy=on|off cpu_latency=on|off
-         fsname=NAME
+         spin=MICROSECONDS fsname=NAME
          ro rw dev nodev suid nosuid exec noexec atime noatime (others are ignored)
   -f  stay in the foreground      -d  debug output (implies -f)";
 
@@ -133,6 +133,11 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<()> {
         ("writeback", Some(v)) => cfg.writeback = parse_bool(key, v)?,
         ("metacopy", Some(v)) => cfg.metacopy = parse_bool(key, v)?,
         ("cpu_latency", Some(v)) => cfg.cpu_latency = parse_bool(key, v)?,
+        ("spin", Some(v)) => {
+            cfg.spin_us = v.parse().with_context(|| {
+                format!("spin={v}: give microseconds to poll for the next request (0: off)")
+            })?
+        }
         ("fsname", Some(v)) => cfg.fsname = v.to_string(),
         (
             "ro" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime"

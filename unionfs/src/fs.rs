@@ -33,6 +33,7 @@ use fuser::{
 use crate::inode::{Backing, Node, UpperRef, ROOT_INO};
 use crate::latency::BusyLatency;
 use crate::layer::{is_private_xattr, EntryKind, LayerAttr, LayerData};
+use crate::relay::Relay;
 use crate::sys::{self, Time};
 use crate::union::{errno, DirEnt, Listing, Res, Union};
 use crate::whiteout;
@@ -102,6 +103,8 @@ pub struct UnionFs {
     name_key: RandomState,
     /// Sends cache invalidations to the kernel; set once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Which worker reads next (see [`crate::relay`]); set once mounted.
+    relay: Arc<OnceLock<Arc<Relay>>>,
     /// Directories whose attributes the kernel got with the long lifetime
     /// of immutable lowers (see [`UnionFs::refresh_copied_up`]).
     lower_ttl_dirs: DashMap<u64, ()>,
@@ -208,12 +211,18 @@ impl UnionFs {
             link_names: sys::new_map(),
             name_key: RandomState::new(),
             notifier: Arc::new(OnceLock::new()),
+            relay: Arc::new(OnceLock::new()),
             lower_ttl_dirs: sys::new_map(),
         }
     }
 
     /// Where the mount code puts the session's [`Notifier`], once the
     /// session exists (the filesystem is moved into it before that).
+    /// Where the mount puts the connection's request relay.
+    pub(crate) fn relay_slot(&self) -> Arc<OnceLock<Arc<Relay>>> {
+        self.relay.clone()
+    }
+
     pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
     }
@@ -1321,7 +1330,15 @@ impl UnionFs {
         if let Some(l) = &self.latency {
             l.request();
         }
-        guard(op, f)
+        let relay = self.relay.get();
+        if let Some(r) = relay {
+            // A flush to disk can take milliseconds: let another worker read.
+            r.start(matches!(op, "fsync" | "fsyncdir"));
+        }
+        guard(op, f);
+        if let Some(r) = relay {
+            r.finish();
+        }
     }
 }
 
@@ -1337,6 +1354,36 @@ fn guard(op: &'static str, f: impl FnOnce()) {
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         tracing::error!(op, "request handler panicked, answered EIO: {msg}");
+    }
+}
+
+impl UnionFs {
+    /// Drops `nlookup` kernel references to `ino`; forgets the node when none
+    /// is left and nothing has it open.
+    fn forget_one(&self, ino: INodeNo, nlookup: u64) {
+        if ino.0 == ROOT_INO {
+            return;
+        }
+
+        let remove = match self.u.nodes.get(&ino.0) {
+            Some(n) => {
+                let prev = n.lookups.fetch_sub(
+                    nlookup.min(n.lookups.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+                prev <= nlookup && n.kind != EntryKind::Dir && n.opens.load(Ordering::Relaxed) == 0
+            }
+            None => false,
+        };
+        if remove {
+            let removed = self.u.nodes.remove_if(&ino.0, |_, n| {
+                n.lookups.load(Ordering::Relaxed) == 0 && n.opens.load(Ordering::Relaxed) == 0
+            });
+            if removed.is_some() {
+                // The kernel has no entry for it left.
+                self.link_names.remove(&ino.0);
+            }
+        }
     }
 }
 
@@ -1410,32 +1457,9 @@ impl Filesystem for UnionFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.guard("forget", || {
-            if ino.0 == ROOT_INO {
-                return;
-            }
-            let remove = match self.u.nodes.get(&ino.0) {
-                Some(n) => {
-                    let prev = n.lookups.fetch_sub(
-                        nlookup.min(n.lookups.load(Ordering::Relaxed)),
-                        Ordering::Relaxed,
-                    );
-                    prev <= nlookup
-                        && n.kind != EntryKind::Dir
-                        && n.opens.load(Ordering::Relaxed) == 0
-                }
-                None => false,
-            };
-            if remove {
-                let removed = self.u.nodes.remove_if(&ino.0, |_, n| {
-                    n.lookups.load(Ordering::Relaxed) == 0 && n.opens.load(Ordering::Relaxed) == 0
-                });
-                if removed.is_some() {
-                    // The kernel has no entry for it left.
-                    self.link_names.remove(&ino.0);
-                }
-            }
-        });
+        // Not through the relay: fuser's `batch_forget` calls this once per
+        // node inside one request, and a forget has no reply to spin after.
+        guard("forget", || self.forget_one(ino, nlookup));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

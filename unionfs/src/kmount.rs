@@ -113,6 +113,8 @@ pub struct KernelMount {
     /// whether our connection still exists.
     probe: OwnedFd,
     via_fusermount: bool,
+    /// Told when we unmount, so parked workers end at once.
+    relay: std::sync::OnceLock<std::sync::Arc<crate::relay::Relay>>,
 }
 
 /// Mounts a FUSE filesystem at `mountpoint` and returns the connected
@@ -133,6 +135,7 @@ pub fn mount(mountpoint: &Path, opts: &KernelOptions) -> io::Result<(OwnedFd, Ke
             mountpoint,
             probe,
             via_fusermount,
+            relay: std::sync::OnceLock::new(),
         },
     ))
 }
@@ -291,7 +294,7 @@ impl KernelMount {
         } else {
             nix::mount::MntFlags::empty()
         };
-        match nix::mount::umount2(&self.mountpoint, flags) {
+        let res = match nix::mount::umount2(&self.mountpoint, flags) {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::EPERM) if self.via_fusermount || !is_root() => {
                 self.fusermount_unmount(lazy)
@@ -300,7 +303,18 @@ impl KernelMount {
                 io::Error::from(e).kind(),
                 format!("unmounting {}: {e}", self.mountpoint.display()),
             )),
+        };
+        if res.is_ok() {
+            if let Some(r) = self.relay.get() {
+                r.close();
+            }
         }
+        res
+    }
+
+    /// Registers the connection's relay, closed when we unmount.
+    pub fn on_unmount(&self, relay: std::sync::Arc<crate::relay::Relay>) {
+        let _ = self.relay.set(relay);
     }
 
     fn fusermount_unmount(&self, lazy: bool) -> io::Result<()> {

@@ -22,6 +22,7 @@ pub mod latency;
 pub mod layer;
 pub mod mount;
 pub mod probe;
+pub mod relay;
 pub mod store_layer;
 mod sys;
 mod union;
