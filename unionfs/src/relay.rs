@@ -35,8 +35,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-/// How often the watcher looks for a stalled mount while requests run.
-pub const WATCH: Duration = Duration::from_millis(1);
+/// How often the watcher looks for a stalled mount while requests run
+/// (each look is a wake-up: 100 a second while the mount is busy).
+pub const WATCH: Duration = Duration::from_millis(10);
 /// The longest the watcher sleeps while the mount is idle (it also notices
 /// an unmount from outside then).
 const WATCH_IDLE: Duration = Duration::from_millis(100);
