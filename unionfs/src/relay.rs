@@ -19,7 +19,10 @@
 //!
 //! Parked workers come back when they are needed:
 //! - a request that may wait on the disk (`fsync`, `fsyncdir`) hands the
-//!   reading to a parked worker before it starts;
+//!   reading to a parked worker before it starts, if another request is
+//!   already queued (waking a worker costs more than a short flush: with
+//!   the hand-off on every fsync, create+write+fsync of small files took
+//!   0.388 ms/file, without it 0.315, overlayfs 0.305);
 //! - one parked worker, the *watcher*, checks every [`WATCH`] whether
 //!   workers are busy, nobody is reading and no request has started or
 //!   finished since its last look (a long copy-up, a cold directory on a
@@ -130,7 +133,14 @@ impl Relay {
         let now = Instant::now();
         let after_idle = now.duration_since(st.last_start) > IDLE;
         st.last_start = now;
-        if may_block && st.readers == 0 && st.parked > st.wanted {
+        // Only when a request is already waiting: waking a worker costs two
+        // context switches, more than a short flush, and the watcher still
+        // catches one that takes long.
+        if may_block
+            && st.readers == 0
+            && st.parked > st.wanted
+            && self.poll(libc::POLLIN).is_some()
+        {
             st.wanted += 1;
             self.parked_cv.notify_one();
             self.watch_cv.notify_one();
@@ -276,9 +286,16 @@ mod tests {
     }
 
     #[test]
-    fn a_request_that_may_block_calls_a_parked_worker_back() {
-        let (relay, _w) = relay(2);
+    fn a_request_that_may_block_calls_a_parked_worker_back_if_others_wait() {
+        let (relay, w) = relay(2);
         let parked = reader_and_parked(&relay);
+        // Nothing else is queued: the flush runs alone and nobody is woken.
+        relay.start(true);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!parked.is_finished(), "woken with nothing queued");
+        assert_eq!(relay.finish(), Next::Read);
+        // A request is queued behind this flush: a parked worker takes over.
+        nix::unistd::write(&w, b"x").expect("write");
         relay.start(true);
         assert_eq!(parked.join().expect("worker"), Next::Unparked);
     }
