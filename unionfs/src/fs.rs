@@ -216,13 +216,13 @@ impl UnionFs {
         }
     }
 
-    /// Where the mount code puts the session's [`Notifier`], once the
-    /// session exists (the filesystem is moved into it before that).
     /// Where the mount puts the connection's request relay.
     pub(crate) fn relay_slot(&self) -> Arc<OnceLock<Arc<Relay>>> {
         self.relay.clone()
     }
 
+    /// Where the mount code puts the session's [`Notifier`], once the
+    /// session exists (the filesystem is moved into it before that).
     pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
     }
@@ -1332,7 +1332,8 @@ impl UnionFs {
         }
         let relay = self.relay.get();
         if let Some(r) = relay {
-            // A flush to disk can take milliseconds: let another worker read.
+            // A flush to disk can take milliseconds: another worker may
+            // have to read meanwhile (the relay decides).
             r.start(matches!(op, "fsync" | "fsyncdir"));
         }
         guard(op, f);
@@ -1354,36 +1355,6 @@ fn guard(op: &'static str, f: impl FnOnce()) {
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         tracing::error!(op, "request handler panicked, answered EIO: {msg}");
-    }
-}
-
-impl UnionFs {
-    /// Drops `nlookup` kernel references to `ino`; forgets the node when none
-    /// is left and nothing has it open.
-    fn forget_one(&self, ino: INodeNo, nlookup: u64) {
-        if ino.0 == ROOT_INO {
-            return;
-        }
-
-        let remove = match self.u.nodes.get(&ino.0) {
-            Some(n) => {
-                let prev = n.lookups.fetch_sub(
-                    nlookup.min(n.lookups.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                );
-                prev <= nlookup && n.kind != EntryKind::Dir && n.opens.load(Ordering::Relaxed) == 0
-            }
-            None => false,
-        };
-        if remove {
-            let removed = self.u.nodes.remove_if(&ino.0, |_, n| {
-                n.lookups.load(Ordering::Relaxed) == 0 && n.opens.load(Ordering::Relaxed) == 0
-            });
-            if removed.is_some() {
-                // The kernel has no entry for it left.
-                self.link_names.remove(&ino.0);
-            }
-        }
     }
 }
 
@@ -1459,7 +1430,32 @@ impl Filesystem for UnionFs {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         // Not through the relay: fuser's `batch_forget` calls this once per
         // node inside one request, and a forget has no reply to spin after.
-        guard("forget", || self.forget_one(ino, nlookup));
+        guard("forget", || {
+            if ino.0 == ROOT_INO {
+                return;
+            }
+            let remove = match self.u.nodes.get(&ino.0) {
+                Some(n) => {
+                    let prev = n.lookups.fetch_sub(
+                        nlookup.min(n.lookups.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                    prev <= nlookup
+                        && n.kind != EntryKind::Dir
+                        && n.opens.load(Ordering::Relaxed) == 0
+                }
+                None => false,
+            };
+            if remove {
+                let removed = self.u.nodes.remove_if(&ino.0, |_, n| {
+                    n.lookups.load(Ordering::Relaxed) == 0 && n.opens.load(Ordering::Relaxed) == 0
+                });
+                if removed.is_some() {
+                    // The kernel has no entry for it left.
+                    self.link_names.remove(&ino.0);
+                }
+            }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

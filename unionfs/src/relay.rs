@@ -9,7 +9,7 @@
 //! daemon spent ~65 µs of CPU per file, most of it in `finish_task_switch`.
 //!
 //! So, as busy servers do, the worker that has just replied *spins* for a
-//! short while ([`Relay::spin`]), polling the device, and reads the next
+//! short while (`spin=`, 50 µs by default), polling the device, and reads the next
 //! request without ever sleeping when one comes in time. That only helps if
 //! it is the only thread in `read`: the kernel wakes a blocked reader for
 //! every new request, spinner or not. The other workers therefore *park*
@@ -116,11 +116,6 @@ impl Relay {
             parked_cv: Condvar::new(),
             watch_cv: Condvar::new(),
         }
-    }
-
-    /// The spin budget.
-    pub fn spin(&self) -> Duration {
-        self.spin
     }
 
     /// A worker took a request. `may_block`: the request may wait on the
