@@ -98,8 +98,10 @@ impl BusyLatency {
         }
     }
 
-    /// Starts the holder thread now rather than on the first request (the
-    /// mount calls it from a thread that is not serving requests).
+    /// Starts the holder thread. Until then requests are only counted; a
+    /// burst already under way is taken up as soon as the thread runs. The
+    /// mount calls it from a thread that is not serving requests, a little
+    /// after the request threads have started.
     pub fn start(&self) {
         let mut st = self.inner.state.lock();
         self.ensure_holder(&mut st);
@@ -112,14 +114,14 @@ impl BusyLatency {
 
     #[cold]
     fn wake_holder(&self) {
-        let mut st = self.inner.state.lock();
+        let st = self.inner.state.lock();
         if st.failed {
             return;
         }
+        // Before `start` there is no holder to wake: the request path never
+        // starts a thread. `start` finds `wanted` set and takes the request.
         if st.holder {
             self.inner.wake.notify_one();
-        } else {
-            self.ensure_holder(&mut st);
         }
     }
 
@@ -229,9 +231,13 @@ mod tests {
         let b = BusyLatency::with_device(dev.clone(), Duration::from_millis(200));
         assert!(!b.held(), "nothing is held before the first request");
         b.request();
+        // The request path starts no thread: nothing is held before `start`.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!b.held(), "held before the holder thread was started");
+        b.start();
         assert!(
             wait_until(|| b.held()),
-            "the first request did not take the latency request"
+            "the holder did not take up the burst that began before it started"
         );
         assert_eq!(content(&dev), 0i32.to_ne_bytes());
         // Requests closer together than the idle period keep it.
@@ -253,6 +259,7 @@ mod tests {
     fn a_device_that_cannot_be_opened_is_not_retried() {
         let dir = tempfile::tempdir().expect("temp dir");
         let b = BusyLatency::with_device(dir.path().join("missing"), Duration::from_millis(5));
+        b.start();
         b.request();
         assert!(
             wait_until(|| b.inner.state.lock().failed),
