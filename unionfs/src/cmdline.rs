@@ -16,7 +16,7 @@ pub const USAGE: &str =
 options: lowerdir= upperdir= workdir= squash_to_root uidmapping=C:H:N[:C:H:N...]
          gidmapping=... fsync=0|1 allow_other allow_root default_permissions
          threads=N passthrough=0|1 writeback=0|1 metacopy=on|off cpu_latency=on|off
-         spin=MICROSECONDS fsname=NAME
+         spin=MICROSECONDS readahead_kb=KIB fsname=NAME
          ro rw dev nodev suid nosuid exec noexec atime noatime (others are ignored)
   -f  stay in the foreground      -d  debug output (implies -f)";
 
@@ -136,6 +136,11 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<()> {
         ("spin", Some(v)) => {
             cfg.spin_us = v.parse().with_context(|| {
                 format!("spin={v}: give microseconds to poll for the next request (0: off)")
+            })?
+        }
+        ("readahead_kb", Some(v)) => {
+            cfg.readahead_kb = v.parse().with_context(|| {
+                format!("readahead_kb={v}: give the read-ahead window in KiB (0: the kernel's)")
             })?
         }
         ("fsname", Some(v)) => cfg.fsname = v.to_string(),

@@ -1287,6 +1287,18 @@ fn slots(list: &Listing, offset: u64) -> impl Iterator<Item = (u64, Slot<'_>)> +
         .chain(list.after(offset).map(|(pos, d)| (pos, Slot::Entry(d))))
 }
 
+/// The largest read buffer a worker keeps between requests (the kernel
+/// asks for at most `max_pages` pages, 1 MiB, per READ).
+const READ_BUF_KEEP: usize = 1 << 20;
+
+thread_local! {
+    /// Each worker's buffer for READ replies (reads without passthrough).
+    /// Allocating it per request cost more than the copy: a fresh 1 MiB
+    /// buffer is a fresh mapping (above the allocator's mmap threshold),
+    /// faulted in page by page and unmapped again.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Per-operation request counts, kept only when `UNIONFS_OPSTATS=FILE` is
 /// set (see [`opstats_init`]): a tool for finding round trips to remove.
 static OPSTATS: std::sync::OnceLock<DashMap<&'static str, u64>> = std::sync::OnceLock::new();
@@ -1735,17 +1747,26 @@ impl Filesystem for UnionFs {
                 Some(Handle::File { file, .. }) => {
                     let file = file.clone();
                     drop(h);
-                    let mut buf = vec![0u8; size as usize];
-                    let mut got = 0usize;
-                    while got < buf.len() {
-                        match sys::pread(file.as_fd(), &mut buf[got..], offset + got as u64) {
-                            Ok(0) => break,
-                            Ok(n) => got += n,
-                            Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
-                            Err(err) => return reply.error(e(errno(err))),
+                    READ_BUF.with_borrow_mut(|buf| {
+                        let want = size as usize;
+                        if buf.len() < want {
+                            buf.resize(want, 0);
                         }
-                    }
-                    reply.data(&buf[..got]);
+                        let mut got = 0usize;
+                        while got < want {
+                            match sys::pread(file.as_fd(), &mut buf[got..want], offset + got as u64)
+                            {
+                                Ok(0) => break,
+                                Ok(n) => got += n,
+                                Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
+                                Err(err) => return reply.error(e(errno(err))),
+                            }
+                        }
+                        reply.data(&buf[..got]);
+                        if buf.len() > READ_BUF_KEEP {
+                            *buf = Vec::new();
+                        }
+                    });
                 }
                 Some(Handle::Inline { data }) => {
                     let start = (offset as usize).min(data.len());

@@ -1,0 +1,140 @@
+//! Reads that come to the daemon as READ requests (`passthrough=0`, as for
+//! an ordinary user, who cannot use passthrough): whole files, odd offsets
+//! and sizes, several readers at once, and the mount's read-ahead window
+//! (`readahead_kb=`).
+
+mod unionfs_common;
+
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use unionfs_common::*;
+
+/// Deterministic, position-dependent bytes (a misplaced chunk shows).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The read-ahead window of the mount at `mnt`, in KiB, from sysfs.
+fn readahead_kb(mnt: &Path) -> u32 {
+    let dev = fs::metadata(mnt)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", mnt.display()))
+        .dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("this test needs sysfs mounted to read {path}: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{path}: not a number: {e}"))
+}
+
+#[test]
+fn reads_without_passthrough_return_the_lower_bytes() {
+    let s = Scratch::new(2);
+    let big = pattern(3 * 1024 * 1024 + 1234, 7);
+    let other = pattern(2 * 1024 * 1024 + 17, 11);
+    write(&s.lower(0, "big"), &big);
+    write(&s.lower(1, "dir/other"), &other);
+    write(&s.lower(1, "small"), b"tiny");
+    let _m = s.mount("passthrough=0");
+
+    assert_eq!(fs::read(s.m("small")).expect("read small"), b"tiny");
+    let got = fs::read(s.m("big")).expect("read big");
+    assert_eq!(got.len(), big.len(), "length of big read through the mount");
+    assert!(
+        got == big,
+        "big read through the mount differs from the lower"
+    );
+
+    // Odd offsets and sizes, across the 1 MiB request boundaries and the end.
+    let f = File::open(s.m("big")).expect("open big");
+    for (offset, len) in [
+        (0usize, 1usize),
+        (1, 4095),
+        (1024 * 1024 - 100, 300),
+        (2 * 1024 * 1024 - 1, 1024 * 1024 + 2),
+        (big.len() - 10, 100),
+    ] {
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, offset as u64).expect("pread big");
+        let want = &big[offset..(offset + len).min(big.len())];
+        assert_eq!(n, want.len(), "pread of {len} at {offset}: length");
+        assert!(
+            &buf[..n] == want,
+            "pread of {len} at {offset}: bytes differ"
+        );
+    }
+
+    // Several readers at once: every worker has its own read buffer.
+    std::thread::scope(|sc| {
+        for i in 0..4 {
+            let (path, want) = if i % 2 == 0 {
+                (s.m("big"), &big)
+            } else {
+                (s.m("dir/other"), &other)
+            };
+            sc.spawn(move || {
+                for _ in 0..3 {
+                    // Fresh opens see the kernel's cached pages; reading at
+                    // offsets the cache may not hold yet goes to the daemon.
+                    let f = File::open(&path).expect("open");
+                    let mut buf = vec![0u8; 256 * 1024 + 3];
+                    let mut off = (i * 4099) % 65536;
+                    while off < want.len() {
+                        let n = f.read_at(&mut buf, off as u64).expect("pread");
+                        let end = (off + n).min(want.len());
+                        assert!(n > 0, "{}: short read at {off}", path.display());
+                        assert!(
+                            buf[..n] == want[off..end],
+                            "{}: bytes differ at {off}",
+                            path.display()
+                        );
+                        off += n;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn the_mount_reads_ahead_one_mib_unless_told_otherwise() {
+    let s = Scratch::new(1);
+    write(&s.lower(0, "f"), b"data");
+    let m = s.mount("passthrough=0");
+    // The daemon sets it shortly after the mount is live.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut now = readahead_kb(&m.path);
+    while now != 1024 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        now = readahead_kb(&m.path);
+    }
+    assert_eq!(now, 1024, "read-ahead of a default mount, KiB");
+    m.unmount();
+
+    let s = Scratch::new(1);
+    write(&s.lower(0, "f"), b"data");
+    let m = s.mount("readahead_kb=0");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        readahead_kb(&m.path),
+        128,
+        "readahead_kb=0 must leave FUSE's own default (128 KiB)"
+    );
+    assert_eq!(fs::read(s.m("f")).expect("read f"), b"data");
+    m.unmount();
+}
