@@ -174,10 +174,13 @@ pub struct Mounted {
 }
 
 impl Backend {
-    /// Parses a backend name as given to `--backends` (`name` or
-    /// `name+extra,mount,options`).
+    /// Parses a backend name as given to `--backends`: `name`, or `name`
+    /// followed by extra mount options, each after a `+`
+    /// (`strata-dir+passthrough=0+cpu_latency=off`; `--backends` splits on
+    /// commas, so options cannot be joined with them there).
     pub fn from_name(spec: &str) -> Result<Backend> {
         let (name, extra) = spec.split_once('+').unwrap_or((spec, ""));
+        let extra = extra.replace('+', ",");
         let kind = match name {
             "native" => Kind::Native,
             "overlay" => Kind::Overlay,
@@ -195,7 +198,7 @@ impl Backend {
         Ok(Backend {
             label: spec.to_string(),
             kind,
-            extra_opts: extra.to_string(),
+            extra_opts: extra,
             unionfs: None,
             store: None,
         })

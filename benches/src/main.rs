@@ -53,7 +53,7 @@ pub fn log_progress(args: std::fmt::Arguments<'_>) {
     name = "cowbench",
     about = "Copy-on-write benchmark: the same workloads over kernel overlayfs, FUSE union filesystems and strata, side by side",
     after_help = "Backends: native (merged tree as a plain dir, the floor), overlay (kernel overlayfs; the ratio baseline), \
-fuse-overlayfs, unionfs-fuse, strata-dir, strata-store. Append mount options with '+', e.g. overlay+metacopy=on. \
+fuse-overlayfs, unionfs-fuse, strata-dir, strata-store. Append mount options with '+', e.g. overlay+metacopy=on, strata-dir+passthrough=0+cpu_latency=off. \
 Custom: --custom 'name=X,[umount=CMD,][foreground,]mount=CMD' with placeholders {lowers} (top first, colon separated), \
 {lowers_bottom_first}, {lower1} (bottom) {lower2} {lower3}, {upper}, {work}, {mnt}.\n\
 Example: sudo cowbench --reps 3 --json results.json --chart results.svg > results.md"
