@@ -511,28 +511,50 @@ pub fn mount_foreground(
 /// of the round trips. Best effort: only root may write the file. Call it
 /// while requests are served (it stats the mount's root).
 pub fn set_readahead(mountpoint: &Path, kb: u32) {
-    use std::os::unix::fs::MetadataExt;
     if kb == 0 {
         return;
     }
-    let dev = match std::fs::metadata(mountpoint) {
-        Ok(m) => m.dev(),
-        Err(err) => {
-            tracing::debug!(
-                "read-ahead left as is (stat {}: {err})",
-                mountpoint.display()
+    match fuse_dev_at(mountpoint) {
+        Ok(Some(dev)) => {
+            let path = format!(
+                "/sys/class/bdi/{}:{}/read_ahead_kb",
+                libc::major(dev),
+                libc::minor(dev)
             );
-            return;
+            if let Err(err) = std::fs::write(&path, kb.to_string()) {
+                tracing::debug!("read-ahead left as is ({path}: {err})");
+            }
         }
-    };
-    let path = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    );
-    if let Err(err) = std::fs::write(&path, kb.to_string()) {
-        tracing::debug!("read-ahead left as is ({path}: {err})");
+        // Unmounted meanwhile: never tune the file system underneath.
+        Ok(None) => tracing::debug!(
+            "read-ahead left as is: {} is not a FUSE mount",
+            mountpoint.display()
+        ),
+        Err(err) => tracing::debug!("read-ahead left as is ({}: {err})", mountpoint.display()),
     }
+}
+
+/// The device number of the FUSE file system mounted at `path`, or `None`
+/// if what is there is not FUSE. One fd for both checks, so they see the
+/// same mount.
+fn fuse_dev_at(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(path)?;
+    // SAFETY: statfs is plain old data; fstatfs fills it for a valid fd.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: f is open for the duration of the call; sfs is writable.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut sfs) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if sfs.f_type as i64 != FUSE_SUPER_MAGIC {
+        return Ok(None);
+    }
+    Ok(Some(f.metadata()?.dev()))
 }
 
 /// How long the signal thread waits before starting its own work (the
