@@ -107,6 +107,12 @@ struct Args {
     /// machine tuning. Needs root.
     #[arg(long)]
     hold_cpu_latency: bool,
+    /// If an earlier run removed its scratch trees less than six minutes
+    /// ago, wait until six minutes have passed before measuring: ext4
+    /// without a journal makes every create scan recently freed inodes
+    /// until then (without this flag, a warning is printed).
+    #[arg(long)]
+    settle: bool,
 }
 
 fn main() {
@@ -178,6 +184,7 @@ fn real_main() -> Result<()> {
         reps: args.reps,
         dir: &args.dir,
         command,
+        settle: args.settle,
     })?;
     write_outputs(&args, &results)
 }

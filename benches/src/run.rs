@@ -13,6 +13,7 @@ use crate::dataset::Dataset;
 use crate::progress;
 use crate::report::{self, Failure, Meta, Results, Sample};
 use crate::sys;
+use crate::trash;
 use crate::workload::{self, Ctx, Measure, Workload};
 
 /// Mount/unmount cycles per `mount` sample.
@@ -34,6 +35,8 @@ pub struct Plan<'a> {
     pub dir: &'a Path,
     /// The command line, for the report.
     pub command: String,
+    /// Wait until scratch trees removed by an earlier run have settled.
+    pub settle: bool,
 }
 
 struct Runner<'a> {
@@ -53,6 +56,24 @@ pub fn run_all(plan: &Plan<'_>) -> Result<Results> {
     // of creates on ext4 without a journal (see `trash`); kept, they would
     // pile up.
     dirs.trash.empty()?;
+    let left = trash::settle_left(dirs.trash.since_emptied());
+    if !left.is_zero() {
+        if plan.settle {
+            progress!(
+                "waiting {} s: scratch trees were removed {} s ago, and ext4 without a journal slows creates for up to {} s after a mass delete (--settle)",
+                left.as_secs(),
+                (trash::SETTLE - left).as_secs(),
+                trash::SETTLE.as_secs()
+            );
+            std::thread::sleep(left);
+        } else {
+            progress!(
+                "warning: scratch trees were removed {} s ago; on ext4 without a journal creates stay slow for up to {} s after a mass delete, so untar_5k and create_fsync may read high. --settle waits it out",
+                (trash::SETTLE - left).as_secs(),
+                trash::SETTLE.as_secs()
+            );
+        }
+    }
     let date = utc_now();
     let drops_before = sys::drop_count();
     let mut runner = Runner {

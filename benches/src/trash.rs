@@ -15,6 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
@@ -68,14 +69,41 @@ impl Trash {
         }
     }
 
-    /// Removes everything in the trash.
+    /// Removes everything in the trash, and notes when (see
+    /// [`Trash::since_emptied`]).
     pub fn empty(&self) -> Result<()> {
         if !self.dir.exists() {
             return Ok(());
         }
         progress!("removing scratch trees in {}", self.dir.display());
-        fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+        fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("removing {}", self.dir.display()))?;
+        // Best effort: only a warning of a later run depends on it.
+        let _ = fs::write(self.marker(), b"");
+        Ok(())
     }
+
+    /// How long ago a run (this one or an earlier one) last emptied this
+    /// trash, if it ever did and the clock allows telling.
+    pub fn since_emptied(&self) -> Option<Duration> {
+        let at = fs::metadata(self.marker()).ok()?.modified().ok()?;
+        SystemTime::now().duration_since(at).ok()
+    }
+
+    fn marker(&self) -> PathBuf {
+        let mut name = self.dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".emptied");
+        self.dir.with_file_name(name)
+    }
+}
+
+/// How long creates stay slow after a mass delete on ext4 without a
+/// journal (60 s, 360 s while an inode table block is dirty).
+pub const SETTLE: Duration = Duration::from_secs(360);
+
+/// What is left of [`SETTLE`] after `since`: zero once it has passed.
+pub fn settle_left(since: Option<Duration>) -> Duration {
+    since.map_or(Duration::ZERO, |s| SETTLE.saturating_sub(s))
 }
 
 fn remove_big_files(root: &Path) -> Result<()> {
@@ -128,7 +156,21 @@ mod tests {
         trash.discard(&tree).unwrap();
         assert!(tmp.path().join("trash/t1").is_dir());
         trash.discard(&tmp.path().join("missing")).unwrap();
+        assert!(trash.since_emptied().is_none(), "never emptied yet");
         trash.empty().unwrap();
+        let since = trash.since_emptied().expect("emptying leaves a time mark");
+        assert!(since < Duration::from_secs(60), "marked {since:?} ago");
+        assert!(settle_left(Some(since)) > Duration::from_secs(290));
         assert!(!tmp.path().join("trash").exists());
+    }
+
+    #[test]
+    fn settling_counts_down_from_six_minutes() {
+        assert_eq!(settle_left(None), Duration::ZERO);
+        assert_eq!(settle_left(Some(Duration::from_secs(400))), Duration::ZERO);
+        assert_eq!(
+            settle_left(Some(Duration::from_secs(60))),
+            Duration::from_secs(300)
+        );
     }
 }
