@@ -538,20 +538,13 @@ pub fn set_readahead(mountpoint: &Path, kb: u32) {
 /// if what is there is not FUSE. One fd for both checks, so they see the
 /// same mount.
 fn fuse_dev_at(path: &Path) -> std::io::Result<Option<u64>> {
-    use std::os::fd::AsRawFd;
+    use nix::sys::statfs::{fstatfs, FUSE_SUPER_MAGIC};
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
         .open(path)?;
-    // SAFETY: statfs is plain old data; fstatfs fills it for a valid fd.
-    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: f is open for the duration of the call; sfs is writable.
-    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut sfs) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if sfs.f_type as i64 != FUSE_SUPER_MAGIC {
+    if fstatfs(&f)?.filesystem_type() != FUSE_SUPER_MAGIC {
         return Ok(None);
     }
     Ok(Some(f.metadata()?.dev()))
