@@ -138,3 +138,93 @@ fn the_mount_reads_ahead_one_mib_unless_told_otherwise() {
     assert_eq!(fs::read(s.m("f")).expect("read f"), b"data");
     m.unmount();
 }
+
+/// How many of the pages of `f` in `range` (bytes, page aligned) are in the
+/// page cache.
+fn resident_pages(f: &File, range: std::ops::Range<usize>) -> usize {
+    use std::os::fd::AsRawFd;
+    let page = 4096;
+    let len = range.end - range.start;
+    // SAFETY: a shared read-only mapping of an open file, used only for
+    // mincore (never dereferenced) and unmapped before returning.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            range.start as libc::off_t,
+        )
+    };
+    assert_ne!(
+        addr,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `addr` maps `len` bytes and `vec` has one byte per page.
+    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(addr, len) };
+    assert_eq!(rc, 0, "mincore: {err}");
+    vec.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+#[test]
+fn sequential_reads_fetch_the_lower_ahead() {
+    const MIB: usize = 1024 * 1024;
+    let s = Scratch::new(1);
+    let data = pattern(16 * MIB, 5);
+    write(&s.lower(0, "seq"), &data);
+    let lower = File::open(s.lower(0, "seq")).expect("open the lower file");
+    lower.sync_all().expect("fsync the lower file");
+    nix::fcntl::posix_fadvise(
+        &lower,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .expect("evict the lower file's pages");
+    let far = 5 * MIB..6 * MIB;
+    assert_eq!(
+        resident_pages(&lower, far.clone()),
+        0,
+        "this test needs TMPDIR on a disk file system (pages of {} stayed cached after \
+         POSIX_FADV_DONTNEED)",
+        s.lower(0, "seq").display()
+    );
+
+    let m = s.mount("passthrough=0");
+    let until = Instant::now() + Duration::from_secs(3);
+    while readahead_kb(&m.path) != 1024 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two sequential 1 MiB reads: the kernel asks for 1 MiB READs, and
+    // after each the daemon has the lower's page cache fetch the next 4 MiB.
+    let f = File::open(s.m("seq")).expect("open seq");
+    let mut buf = vec![0u8; MIB];
+    for i in 0..2 {
+        f.read_exact_at(&mut buf, (i * MIB) as u64)
+            .expect("read seq through the mount");
+        assert!(
+            buf[..] == data[i * MIB..(i + 1) * MIB],
+            "bytes differ at {i} MiB"
+        );
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut got = resident_pages(&lower, far.clone());
+    while got == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        got = resident_pages(&lower, far.clone());
+    }
+    assert!(
+        got > 0,
+        "after reading the first 2 MiB, none of the lower file's pages at 5-6 MiB were cached: \
+         the daemon did not read ahead"
+    );
+    drop(f);
+    m.unmount();
+}

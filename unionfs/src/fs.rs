@@ -1291,6 +1291,17 @@ fn slots(list: &Listing, offset: u64) -> impl Iterator<Item = (u64, Slot<'_>)> +
 /// asks for at most `max_pages` pages, 1 MiB, per READ).
 const READ_BUF_KEEP: usize = 1 << 20;
 
+/// READs at least this large come from the kernel's read-ahead (a
+/// sequential reader); after one, the daemon asks the lower's page cache to
+/// fetch what follows.
+const READ_AHEAD_MIN: usize = 64 << 10;
+
+/// How far ahead, in READ sizes. Without it the lower file's own read-ahead
+/// (128 KiB on this disk) starts each 1 MiB READ from cold, and a cold 1 GiB
+/// read through the daemon ran at 0.55× overlayfs (dd, 4 interleaved runs);
+/// with 4 READs ahead, 0.79×; 8 did no better.
+const READ_AHEAD_FACTOR: usize = 4;
+
 thread_local! {
     /// Each worker's buffer for READ replies (reads without passthrough).
     /// Allocating it per request cost more than the copy: a fresh 1 MiB
@@ -1763,6 +1774,15 @@ impl Filesystem for UnionFs {
                             }
                         }
                         reply.data(&buf[..got]);
+                        // Best effort: a failed hint only costs speed.
+                        if got == want && want >= READ_AHEAD_MIN {
+                            let _ = nix::fcntl::posix_fadvise(
+                                file.as_fd(),
+                                (offset + got as u64) as i64,
+                                (READ_AHEAD_FACTOR * want) as i64,
+                                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+                            );
+                        }
                         if buf.len() > READ_BUF_KEEP {
                             *buf = Vec::new();
                         }
