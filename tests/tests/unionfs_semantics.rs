@@ -723,3 +723,65 @@ fn mount_helper_form_and_unknown_options() {
     }
     assert!(!is_mounted(&s.mnt), "SIGTERM must unmount");
 }
+
+#[test]
+fn dot_entries_and_shared_whiteouts() {
+    let s = Scratch::new(1);
+    write(&s.lower(0, "d/a"), b"a");
+    write(&s.lower(0, "d/b"), b"b");
+    write(&s.lower(0, "d/sub/c"), b"c");
+    chown(&s.lower(0, "d"), 0, 4321);
+    chmod(&s.lower(0, "d"), 0o2775);
+    let _m = s.mount("");
+
+    // "." and ".." in a listing carry the inode numbers stat reports.
+    for rel in ["d", "d/sub"] {
+        let dir = s.m(rel);
+        let parent = dir.parent().expect("a parent").to_path_buf();
+        let mut listed = std::collections::BTreeMap::new();
+        let mut d = nix::dir::Dir::open(
+            &dir,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("opendir {}: {e}", dir.display()));
+        for ent in d.iter() {
+            let ent = ent.expect("dirent");
+            let name = ent.file_name().to_string_lossy().to_string();
+            if name == "." || name == ".." {
+                assert_eq!(
+                    ent.file_type(),
+                    Some(nix::dir::Type::Directory),
+                    "type of {rel}/{name}"
+                );
+                listed.insert(name, ent.ino());
+            }
+        }
+        assert_eq!(listed.get("."), Some(&ino(&dir)), "ino of {rel}/.");
+        assert_eq!(listed.get(".."), Some(&ino(&parent)), "ino of {rel}/..");
+    }
+
+    // Whiteouts are links to one shared inode, owned by the mounter even in
+    // a set-group-ID directory.
+    fs::remove_file(s.m("d/a")).expect("unlink d/a");
+    fs::remove_file(s.m("d/b")).expect("unlink d/b");
+    fs::remove_dir_all(s.m("d/sub")).expect("rm -r d/sub");
+    let mut inos = Vec::new();
+    for n in ["d/a", "d/b", "d/sub"] {
+        assert!(is_char00(&s.u(n)), "{n} must be a char 0/0 whiteout");
+        let m = fs::symlink_metadata(s.u(n)).expect("lstat whiteout");
+        assert_eq!(m.gid(), 0, "group of the whiteout {n}");
+        assert!(
+            m.nlink() >= 3,
+            "{n}: whiteouts share an inode (nlink {})",
+            m.nlink()
+        );
+        inos.push(m.ino());
+        assert!(fs::symlink_metadata(s.m(n)).is_err(), "{n} must be gone");
+    }
+    assert!(
+        inos.windows(2).all(|w| w[0] == w[1]),
+        "whiteout inodes {inos:?}"
+    );
+    assert_eq!(names(&s.m("d")), Vec::<String>::new());
+}

@@ -565,7 +565,13 @@ impl UnionFs {
         }
         self.u.upper()?;
         let ps = p.snapshot();
-        let below = self.u.name_in_lowers(&ps, name)?;
+        // A node with no upper copy was found in a lower of this parent just
+        // now (it cannot have moved without a copy-up): no second look.
+        let lower_only = {
+            let ns = node.state.read();
+            ns.upper.is_none() && !ns.lowers.is_empty()
+        };
+        let below = lower_only || self.u.name_in_lowers(&ps, name)?;
         if dir {
             let list = self.u.listing(&node)?;
             if !list.is_empty() {
@@ -587,10 +593,14 @@ impl UnionFs {
             self.u.copy_up_for_removal(&node)?;
         }
         let st = node.snapshot();
-        let has_upper_here = match sys::stat_at(pfd.as_fd(), name) {
-            Ok(ust) => !whiteout::stat_is_whiteout(pfd.as_fd(), name, &ust),
-            Err(_) => false,
-        };
+        // The resolution above found no upper entry for a node still
+        // lower-only (not copied up just now for the index), and the kernel
+        // holds the parent's lock until this reply.
+        let has_upper_here = !(st.upper.is_none() && !st.lowers.is_empty())
+            && match sys::stat_at(pfd.as_fd(), name) {
+                Ok(ust) => !whiteout::stat_is_whiteout(pfd.as_fd(), name, &ust),
+                Err(_) => false,
+            };
         if has_upper_here && !dir {
             // Keep a handle on the upper file: other names and open fds still stat it.
             if let Ok(fd) = sys::open_at(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
@@ -1932,19 +1942,31 @@ impl Filesystem for UnionFs {
                                 .clone()
                                 .unwrap_or_else(|| dir.clone())
                         };
-                        match self.u.attr_of(&target) {
-                            // "." and ".." do not count as lookups: the kernel
-                            // skips their attributes.
-                            Ok(a) => reply.add(
-                                INodeNo(a.ino),
-                                pos,
-                                if dot { "." } else { ".." },
-                                &Duration::ZERO,
-                                &self.fattr(&a),
-                                Generation(0),
-                            ),
-                            Err(_) => false,
-                        }
+                        // "." and ".." do not count as lookups, and the
+                        // kernel uses only their inode number and type (it
+                        // skips their attributes), so nothing is stat'ed.
+                        let a = LayerAttr {
+                            ino: target.ino,
+                            kind: EntryKind::Dir,
+                            perm: 0,
+                            uid: 0,
+                            gid: 0,
+                            size: 0,
+                            blocks: 0,
+                            nlink: 0,
+                            rdev: 0,
+                            atime: (0, 0),
+                            mtime: (0, 0),
+                            ctime: (0, 0),
+                        };
+                        reply.add(
+                            INodeNo(a.ino),
+                            pos,
+                            if dot { "." } else { ".." },
+                            &Duration::ZERO,
+                            &self.fattr(&a),
+                            Generation(0),
+                        )
                     }
                     Slot::Entry(d) => match self.u.resolve_listed(&dir, &list, d) {
                         Ok(Some((node, attr))) => {

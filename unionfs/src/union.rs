@@ -1448,6 +1448,22 @@ impl Union {
     pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Res<()> {
         let up = self.upper()?;
         if up.char_whiteouts {
+            // Usually one link to the shared whiteout inode, straight into
+            // place: it appears whole or not at all, and belongs to the
+            // mounter whatever the directory's set-group-ID bit says.
+            let shared = match &*up.shared_whiteout.lock() {
+                SharedWhiteout::Made(n) => Some(n.clone()),
+                _ => None,
+            };
+            if let Some(shared) = shared {
+                match sys::link_at(up.work.as_fd(), &shared, dir, name) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
+                    // A full or vanished shared inode: the path below
+                    // replaces it.
+                    Err(_) => {}
+                }
+            }
             // Made in the work dir and moved into place, as overlayfs does:
             // the whiteout belongs to the mounter even in a set-group-ID
             // directory, and never shows half made.
