@@ -596,7 +596,7 @@ impl UnionFs {
         // The resolution above found no upper entry for a node still
         // lower-only (not copied up just now for the index), and the kernel
         // holds the parent's lock until this reply.
-        let has_upper_here = !(st.upper.is_none() && !st.lowers.is_empty())
+        let has_upper_here = (st.upper.is_some() || st.lowers.is_empty())
             && match sys::stat_at(pfd.as_fd(), name) {
                 Ok(ust) => !whiteout::stat_is_whiteout(pfd.as_fd(), name, &ust),
                 Err(_) => false,
