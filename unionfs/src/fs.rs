@@ -1312,6 +1312,10 @@ const READ_AHEAD_MIN: usize = 64 << 10;
 /// with 4 READs ahead, 0.79×; 8 did no better.
 const READ_AHEAD_FACTOR: usize = 4;
 
+/// At least this far ahead: an ordinary user's mount keeps FUSE's 128 KiB
+/// window (only root may widen it), so its READs are small.
+const READ_AHEAD_LEAST: usize = 4 << 20;
+
 thread_local! {
     /// Each worker's buffer for READ replies (reads without passthrough).
     /// Allocating it per request cost more than the copy: a fresh 1 MiB
@@ -1789,7 +1793,7 @@ impl Filesystem for UnionFs {
                             let _ = nix::fcntl::posix_fadvise(
                                 file.as_fd(),
                                 (offset + got as u64) as i64,
-                                (READ_AHEAD_FACTOR * want) as i64,
+                                (READ_AHEAD_FACTOR * want).max(READ_AHEAD_LEAST) as i64,
                                 nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
                             );
                         }
