@@ -450,13 +450,27 @@ fn with_proc_path<T>(
     r
 }
 
-fn at_flags(name: &[u8]) -> u32 {
+/// The path the `*xattrat` calls get for `dir/name`: `.` for `dir` itself.
+/// The calls refuse an `O_PATH` fd with `AT_EMPTY_PATH` (EBADF), but a
+/// directory's `O_PATH` fd resolves `.` like any other name, without the
+/// `/proc/self/fd` walk (the opaque check of every lower directory a cold
+/// walk lists goes through here).
+fn at_name(name: &[u8]) -> &[u8] {
     if name.is_empty() {
-        (libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH) as u32
+        b"."
     } else {
-        libc::AT_SYMLINK_NOFOLLOW as u32
+        name
     }
 }
+
+/// Whether `e` came from resolving `.` below the fd: not a directory, or
+/// one without search permission. The `/proc/self/fd` path serves those.
+fn not_a_dir(name: &[u8], e: &io::Error) -> bool {
+    name.is_empty() && matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::EACCES))
+}
+
+/// Flags of every `*xattrat` call: the object itself, never a symlink's target.
+const XATTRAT_FLAGS: u32 = libc::AT_SYMLINK_NOFOLLOW as u32;
 
 /// Reads xattr `key` of `dir/name` (empty name: `dir` itself). `Ok(None)` when absent.
 pub fn get_xattr_at(dir: BorrowedFd<'_>, name: &[u8], key: &[u8]) -> io::Result<Option<Vec<u8>>> {
@@ -485,8 +499,8 @@ fn get_xattr_raw(
     key: &CString,
     buf: &mut [u8],
 ) -> io::Result<usize> {
-    if xattrat_available() && !name.is_empty() {
-        let c = cstr(name)?;
+    if xattrat_available() {
+        let c = cstr(at_name(name))?;
         let mut args = XattrArgs {
             value: buf.as_mut_ptr() as u64,
             size: buf.len() as u32,
@@ -499,7 +513,7 @@ fn get_xattr_raw(
                 xattrat_nr::GET,
                 dir.as_raw_fd(),
                 c.as_ptr(),
-                at_flags(name),
+                XATTRAT_FLAGS,
                 key.as_ptr(),
                 &mut args as *mut XattrArgs,
                 std::mem::size_of::<XattrArgs>(),
@@ -509,7 +523,7 @@ fn get_xattr_raw(
             return Ok(r as usize);
         }
         let e = io::Error::last_os_error();
-        if !note_enosys(&e) {
+        if !note_enosys(&e) && !not_a_dir(name, &e) {
             return Err(e);
         }
     }
@@ -530,8 +544,8 @@ pub fn set_xattr_at(
     flags: i32,
 ) -> io::Result<()> {
     let k = cstr(key)?;
-    if xattrat_available() && !name.is_empty() {
-        let c = cstr(name)?;
+    if xattrat_available() {
+        let c = cstr(at_name(name))?;
         let args = XattrArgs {
             value: value.as_ptr() as u64,
             size: value.len() as u32,
@@ -544,7 +558,7 @@ pub fn set_xattr_at(
                 xattrat_nr::SET,
                 dir.as_raw_fd(),
                 c.as_ptr(),
-                at_flags(name),
+                XATTRAT_FLAGS,
                 k.as_ptr(),
                 &args as *const XattrArgs,
                 std::mem::size_of::<XattrArgs>(),
@@ -554,7 +568,7 @@ pub fn set_xattr_at(
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        if !note_enosys(&e) {
+        if !note_enosys(&e) && !not_a_dir(name, &e) {
             return Err(e);
         }
     }
@@ -576,15 +590,15 @@ pub fn set_xattr_at(
 /// Removes xattr `key` of `dir/name`.
 pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &[u8], key: &[u8]) -> io::Result<()> {
     let k = cstr(key)?;
-    if xattrat_available() && !name.is_empty() {
-        let c = cstr(name)?;
+    if xattrat_available() {
+        let c = cstr(at_name(name))?;
         // SAFETY: removexattrat(dfd, path, at_flags, name); strings NUL-terminated.
         let r = unsafe {
             libc::syscall(
                 xattrat_nr::REMOVE,
                 dir.as_raw_fd(),
                 c.as_ptr(),
-                at_flags(name),
+                XATTRAT_FLAGS,
                 k.as_ptr(),
             )
         };
@@ -592,7 +606,7 @@ pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &[u8], key: &[u8]) -> io::Resu
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        if !note_enosys(&e) {
+        if !note_enosys(&e) && !not_a_dir(name, &e) {
             return Err(e);
         }
     }
@@ -622,15 +636,15 @@ pub fn list_xattr_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 fn list_xattr_raw(dir: BorrowedFd<'_>, name: &[u8], buf: &mut [u8]) -> io::Result<usize> {
-    if xattrat_available() && !name.is_empty() {
-        let c = cstr(name)?;
+    if xattrat_available() {
+        let c = cstr(at_name(name))?;
         // SAFETY: listxattrat(dfd, path, at_flags, list, size); buf writable.
         let r = unsafe {
             libc::syscall(
                 xattrat_nr::LIST,
                 dir.as_raw_fd(),
                 c.as_ptr(),
-                at_flags(name),
+                XATTRAT_FLAGS,
                 buf.as_mut_ptr(),
                 buf.len(),
             )
@@ -639,7 +653,7 @@ fn list_xattr_raw(dir: BorrowedFd<'_>, name: &[u8], buf: &mut [u8]) -> io::Resul
             return Ok(r as usize);
         }
         let e = io::Error::last_os_error();
-        if !note_enosys(&e) {
+        if !note_enosys(&e) && !not_a_dir(name, &e) {
             return Err(e);
         }
     }
@@ -923,6 +937,52 @@ pub fn new_map<K: Eq + std::hash::Hash, V>() -> dashmap::DashMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xattrs_of_the_fd_itself_work_for_directories_and_files() {
+        use std::os::fd::AsFd;
+        let t = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(t.path().join("d")).expect("mkdir");
+        std::fs::write(t.path().join("f"), b"x").expect("write");
+        for name in ["d", "f"] {
+            let fd = open_dir_path(t.path())
+                .and_then(|dir| {
+                    open_at(
+                        dir.as_fd(),
+                        name.as_bytes(),
+                        libc::O_PATH | libc::O_NOFOLLOW,
+                        0,
+                    )
+                })
+                .expect("O_PATH fd");
+            let fd = fd.as_fd();
+            set_xattr_at(fd, b"", b"user.k", b"v1", 0).expect("set");
+            assert_eq!(
+                get_xattr_at(fd, b"", b"user.k").expect("get"),
+                Some(b"v1".to_vec()),
+                "{name}"
+            );
+            let list = list_xattr_at(fd, b"").expect("list");
+            assert!(
+                list.split(|&b| b == 0).any(|k| k == b"user.k"),
+                "{name}: {list:?}"
+            );
+            remove_xattr_at(fd, b"", b"user.k").expect("remove");
+            assert_eq!(
+                get_xattr_at(fd, b"", b"user.k").expect("get"),
+                None,
+                "{name}"
+            );
+            // The same through the parent and the name.
+            let dir = open_dir_path(t.path()).expect("dir");
+            set_xattr_at(dir.as_fd(), name.as_bytes(), b"user.j", b"v2", 0).expect("set by name");
+            assert_eq!(
+                get_xattr_at(fd, b"", b"user.j").expect("get"),
+                Some(b"v2".to_vec()),
+                "{name}"
+            );
+        }
+    }
 
     fn fsetid_effective() -> bool {
         let mut data = [CapData::default(); 2];
