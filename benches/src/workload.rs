@@ -333,13 +333,15 @@ fn open_append(path: &Path) -> Result<File> {
 }
 
 fn copyup_big(ctx: &Ctx<'_>) -> Result<Vec<Measure>> {
-    // The source sits in the page cache, as it would right after a read.
-    let source = ctx.dataset.lowers[0].join(SEQ_REL);
-    let mut warm = File::open(&source).with_context(|| format!("opening {}", source.display()))?;
-    std::io::copy(&mut warm, &mut std::io::sink())
-        .with_context(|| format!("reading {}", source.display()))?;
-    nix::unistd::sync();
+    // The source sits in the page cache, as it would right after a read:
+    // read through the mount, so each backend caches what it copies from
+    // (a store backend's blob, not the directory lower).
     let path = ctx.path(SEQ_REL);
+    let mut warm = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    std::io::copy(&mut warm, &mut std::io::sink())
+        .with_context(|| format!("reading {}", path.display()))?;
+    drop(warm);
+    nix::unistd::sync();
     let started = Instant::now();
     let mut file = open_append(&path)?;
     file.write_all(b"x")
