@@ -465,6 +465,7 @@ fn at_name(name: &[u8]) -> &[u8] {
 
 /// Whether `e` came from resolving `.` below the fd: not a directory, or
 /// one without search permission. The `/proc/self/fd` path serves those.
+/// (A removed directory still resolves `.`: the unit test checks it.)
 fn not_a_dir(name: &[u8], e: &io::Error) -> bool {
     name.is_empty() && matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::EACCES))
 }
@@ -944,6 +945,15 @@ mod tests {
         let t = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(t.path().join("d")).expect("mkdir");
         std::fs::write(t.path().join("f"), b"x").expect("write");
+        // A removed directory keeps its xattrs while an fd holds it.
+        std::fs::create_dir(t.path().join("gone")).expect("mkdir");
+        let gone = open_dir_path(&t.path().join("gone")).expect("O_PATH fd");
+        set_xattr_at(gone.as_fd(), b"", b"user.g", b"v", 0).expect("set");
+        std::fs::remove_dir(t.path().join("gone")).expect("rmdir");
+        assert_eq!(
+            get_xattr_at(gone.as_fd(), b"", b"user.g").expect("get on a removed directory"),
+            Some(b"v".to_vec())
+        );
         for name in ["d", "f"] {
             let fd = open_dir_path(t.path())
                 .and_then(|dir| {
