@@ -52,6 +52,9 @@ enum Handle {
         file: Arc<File>,
         upper: bool,
         backing: bool,
+        /// How far the lower's page cache was asked to read ahead for this
+        /// handle (see [`read_ahead`]).
+        ahead: Arc<AtomicU64>,
     },
     Inline {
         data: Arc<[u8]>,
@@ -1029,6 +1032,7 @@ impl UnionFs {
                     file: Arc::new(File::from(fd)),
                     upper: true,
                     backing: false,
+                    ahead: Arc::default(),
                 });
             }
             let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
@@ -1038,6 +1042,7 @@ impl UnionFs {
                     file: Arc::new(f),
                     upper: false,
                     backing: false,
+                    ahead: Arc::default(),
                 }),
                 LayerData::Inline(data) => Ok(Handle::Inline { data }),
             }
@@ -1315,6 +1320,45 @@ const READ_AHEAD_FACTOR: usize = 4;
 /// At least this far ahead: an ordinary user's mount keeps FUSE's 128 KiB
 /// window (only root may widen it), so its READs are small.
 const READ_AHEAD_LEAST: usize = 4 << 20;
+
+/// After a sequential READ that ended at `end`: asks the lower's page
+/// cache to fetch the window that follows (`READ_AHEAD_FACTOR` READs of
+/// `size`, at least `READ_AHEAD_LEAST`), minus what an earlier READ of the
+/// same handle already asked for (`ahead` keeps where that ended). Each
+/// page is asked for once: `POSIX_FADV_WILLNEED` looks up every page of its
+/// range even when all are cached, and asking for the whole window after
+/// every READ took 45% of the daemon's time (`perf`). Reading a cached
+/// 1 GiB lower with `dd` through a `passthrough=0` mount (4 interleaved
+/// runs each): 0.72–0.79 s before, 0.30 s after, with 1 MiB or 128 KiB
+/// READs; daemon CPU 0.71 s → 0.28 s. A READ behind or beyond the hinted
+/// window (a seek) starts a new one. Best effort: a failed hint only costs
+/// speed, and two racing READs at worst ask for a range twice.
+fn read_ahead(fd: BorrowedFd<'_>, ahead: &AtomicU64, end: u64, size: usize) {
+    let Some((from, to)) = read_ahead_range(ahead.load(Ordering::Relaxed), end, size) else {
+        return;
+    };
+    ahead.store(to, Ordering::Relaxed);
+    let _ = nix::fcntl::posix_fadvise(
+        fd,
+        from as i64,
+        (to - from) as i64,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+    );
+}
+
+/// The range [from, to) [`read_ahead`] asks for after a READ of `size`
+/// that ended at `end`, when earlier hints reached `done`; `None` when the
+/// window is already asked for.
+fn read_ahead_range(done: u64, end: u64, size: usize) -> Option<(u64, u64)> {
+    let window = (READ_AHEAD_FACTOR * size).max(READ_AHEAD_LEAST) as u64;
+    let to = end.saturating_add(window);
+    let from = if (end..=to).contains(&done) {
+        done
+    } else {
+        end
+    };
+    (from < to).then_some((from, to))
+}
 
 thread_local! {
     /// Each worker's buffer for READ replies (reads without passthrough).
@@ -1769,8 +1813,9 @@ impl Filesystem for UnionFs {
         self.guard("read", || {
             let h = self.handles.get(&fh.0);
             match h.as_deref() {
-                Some(Handle::File { file, .. }) => {
+                Some(Handle::File { file, ahead, .. }) => {
                     let file = file.clone();
+                    let ahead = ahead.clone();
                     drop(h);
                     READ_BUF.with_borrow_mut(|buf| {
                         let want = size as usize;
@@ -1788,14 +1833,8 @@ impl Filesystem for UnionFs {
                             }
                         }
                         reply.data(&buf[..got]);
-                        // Best effort: a failed hint only costs speed.
                         if got == want && want >= READ_AHEAD_MIN {
-                            let _ = nix::fcntl::posix_fadvise(
-                                file.as_fd(),
-                                (offset + got as u64) as i64,
-                                (READ_AHEAD_FACTOR * want).max(READ_AHEAD_LEAST) as i64,
-                                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-                            );
+                            read_ahead(file.as_fd(), &ahead, offset + got as u64, want);
                         }
                         if buf.len() > READ_BUF_KEEP {
                             *buf = Vec::new();
@@ -2198,6 +2237,7 @@ impl Filesystem for UnionFs {
                         file,
                         upper: true,
                         backing: true,
+                        ahead: Arc::default(),
                     });
                     return reply.created_passthrough(
                         &TTL_UPPER,
@@ -2214,6 +2254,7 @@ impl Filesystem for UnionFs {
                 file,
                 upper: true,
                 backing: false,
+                ahead: Arc::default(),
             });
             let mut fopen = FopenFlags::empty();
             if flags & libc::O_DIRECT != 0 {
@@ -2329,7 +2370,7 @@ impl Filesystem for UnionFs {
 
 #[cfg(test)]
 mod tests {
-    use super::guard;
+    use super::{guard, read_ahead_range};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
@@ -2351,5 +2392,45 @@ mod tests {
         let mut ran = false;
         guard("test", || ran = true);
         assert!(ran);
+    }
+
+    #[test]
+    fn read_ahead_asks_for_each_range_once() {
+        let kib = 1u64 << 10;
+        let mib = kib << 10;
+        let size = 128 << 10;
+        // The first READ asks for the whole window (4 MiB for small READs).
+        let mut done = 0;
+        let (from, to) = read_ahead_range(done, 128 * kib, size).expect("first hint");
+        assert_eq!((from, to), (128 * kib, 128 * kib + 4 * mib));
+        done = to;
+        // Each following sequential READ asks only for the new 128 KiB.
+        let mut asked = to - from;
+        for i in 2..=64u64 {
+            let (from, to) = read_ahead_range(done, i * 128 * kib, size).expect("next hint");
+            assert_eq!(from, done, "READ {i} starts where the last hint ended");
+            assert_eq!(to - from, 128 * kib);
+            asked += to - from;
+            done = to;
+        }
+        // 8 MiB read, each page of the read plus the window asked for once.
+        assert_eq!(asked, 8 * mib + 4 * mib - 128 * kib);
+        // The same READ again (a racing worker): nothing new to ask for.
+        assert_eq!(read_ahead_range(done, 64 * 128 * kib, size), None);
+        // A seek back restarts the window at the READ.
+        assert_eq!(
+            read_ahead_range(done, 256 * kib, size),
+            Some((256 * kib, 256 * kib + 4 * mib))
+        );
+        // So does a seek past the hinted window.
+        assert_eq!(
+            read_ahead_range(done, 100 * mib, size),
+            Some((100 * mib, 104 * mib))
+        );
+        // Large READs look four READs ahead.
+        assert_eq!(
+            read_ahead_range(0, 2 * mib, 2 * mib as usize),
+            Some((2 * mib, 10 * mib))
+        );
     }
 }
