@@ -320,6 +320,14 @@ fn hardlink_index_keeps_other_names_lower_only_and_survives_remount() {
 
     let m = s.mount("");
     let i1 = ino(&s.m("a/b/one"));
+    // Nothing copied up yet: the mount has not made the index, nor
+    // written anything in the work dir.
+    assert!(!index.exists(), "index made before any hard-link copy-up");
+    assert_eq!(
+        fs::read_dir(s.work.join("work")).expect("work dir").count(),
+        0,
+        "the work dir holds leftovers"
+    );
     fs::write(s.m("c/two"), b"new content").expect("write via two");
     // The other names show the new data, the same inode and the group's count...
     for name in ["a/b/one", "three"] {

@@ -616,7 +616,7 @@ impl UnionFs {
                     self.u.clear_dir(fd.as_fd())?;
                 }
             }
-            if below && self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts) {
+            if below && self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts()) {
                 // Replace the entry by a whiteout in one step, as overlayfs
                 // does: a whiteout (a link to the shared one) made in the work
                 // dir swaps places with it, and it is removed there.
@@ -856,7 +856,7 @@ impl UnionFs {
                     w.pinned = pin;
                 }
             }
-            let char_wh = self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts);
+            let char_wh = self.u.upper.as_ref().is_some_and(|u| u.char_whiteouts());
             // Like overlayfs, a source that needs a whiteout swaps places with
             // a whiteout at the target (the old name keeps that whiteout);
             // else the rename leaves a fresh one (RENAME_WHITEOUT).

@@ -2,7 +2,7 @@
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use fuser::{Config, SessionACL};
 
@@ -14,7 +14,7 @@ use crate::latency::BusyLatency;
 use crate::layer::Layer;
 use crate::relay::Relay;
 use crate::sys;
-use crate::union::{IdMapping, Union, UnionOptions, Upper};
+use crate::union::{IdMapping, IndexDir, Union, UnionOptions, Upper, INDEX_DIR};
 use crate::Error;
 
 /// One lower layer of a mount.
@@ -148,7 +148,10 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// Opens the upper and work dirs, cleans the work area, probes the whiteout form.
+/// Opens the upper and work dirs and cleans the work area (made if new).
+/// A mount writes nothing else until something changes: the whiteout form
+/// is probed at the first whiteout, the hard-link index made at the first
+/// copy-up of a lower hard-link group.
 fn open_upper(upper: &Path, work: &Path) -> Result<Upper, Error> {
     let root = sys::open_dir_path(upper)
         .map_err(io_err(format!("upper directory {}", upper.display())))?;
@@ -165,16 +168,17 @@ fn open_upper(upper: &Path, work: &Path) -> Result<Upper, Error> {
             work.display()
         )));
     }
-    match sys::mkdir_at(work_root.as_fd(), b"work", 0o700) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+    // A work dir made just now is empty: nothing to clean.
+    let fresh = match sys::mkdir_at(work_root.as_fd(), b"work", 0o700) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(e) => {
             return Err(Error::Io {
                 what: format!("work directory {}/work", work.display()),
                 source: e,
             })
         }
-    }
+    };
     let workdir = sys::open_at(
         work_root.as_fd(),
         b"work",
@@ -183,48 +187,27 @@ fn open_upper(upper: &Path, work: &Path) -> Result<Upper, Error> {
     )
     .map_err(io_err(format!("work directory {}/work", work.display())))?;
     let privileged = sys::euid() == 0;
-    let index = open_index(work_root.as_fd()).map_err(io_err(format!(
-        "index directory {}/unionfs-index",
-        work.display()
+    let index = IndexDir::open(work_root).map_err(io_err(format!(
+        "index directory {}/{}",
+        work.display(),
+        String::from_utf8_lossy(INDEX_DIR)
     )))?;
-    let mut up = Upper {
+    let up = Upper {
         root: Arc::new(root),
         work: Arc::new(workdir),
-        index: Some(Arc::new(index)),
-        char_whiteouts: false,
+        index,
+        char_whiteouts: OnceLock::new(),
         xattr_ns: if privileged { "trusted." } else { "user." },
         shared_whiteout: Default::default(),
     };
     // Leftovers of an interrupted copy-up are never visible: remove them.
-    clean_work(&up).map_err(io_err(format!(
-        "cleaning work directory {}/work",
-        work.display()
-    )))?;
-    let probe = format!("#probe-{}", std::process::id()).into_bytes();
-    if sys::mknod_at(up.work.as_fd(), &probe, libc::S_IFCHR, 0).is_ok() {
-        up.char_whiteouts = true;
-        let _ = sys::unlink_at(up.work.as_fd(), &probe, false);
+    if !fresh {
+        clean_work(&up).map_err(io_err(format!(
+            "cleaning work directory {}/work",
+            work.display()
+        )))?;
     }
     Ok(up)
-}
-
-/// Name of the hard-link index inside the work directory (not `index`,
-/// which kernel overlayfs uses for its own, differently named, entries).
-const INDEX_DIR: &[u8] = b"unionfs-index";
-
-/// Creates (if needed) and opens the hard-link index directory.
-fn open_index(work_root: std::os::fd::BorrowedFd<'_>) -> std::io::Result<std::os::fd::OwnedFd> {
-    match sys::mkdir_at(work_root, INDEX_DIR, 0o700) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(e),
-    }
-    sys::open_at(
-        work_root,
-        INDEX_DIR,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )
 }
 
 fn clean_work(up: &Upper) -> std::io::Result<()> {

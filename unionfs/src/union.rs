@@ -8,7 +8,7 @@ use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -42,9 +42,10 @@ pub struct Upper {
     /// groups, one per group, named by the hex union inode number of the
     /// lower origin. Names of the group still only in the lowers reach the
     /// upper copy through it; it persists across mounts.
-    pub index: Option<Arc<OwnedFd>>,
-    /// Whiteouts are written as char 0/0 (else as `.wh.NAME` files).
-    pub char_whiteouts: bool,
+    pub index: IndexDir,
+    /// Whiteouts are written as char 0/0 (else as `.wh.NAME` files):
+    /// probed at the first whiteout (see [`Upper::char_whiteouts`]).
+    pub char_whiteouts: OnceLock<bool>,
     /// Private xattr namespace: `trusted.` as root, `user.` otherwise.
     pub xattr_ns: &'static str,
     /// Name in the work dir of the whiteout inode that new whiteouts are
@@ -68,6 +69,86 @@ pub enum SharedWhiteout {
 impl Upper {
     fn key(&self, suffix: &str) -> Vec<u8> {
         format!("{}{}", self.xattr_ns, suffix).into_bytes()
+    }
+
+    /// Whether whiteouts are char 0/0 devices: whether this process may
+    /// make one in the work dir, tried once, at the first whiteout rather
+    /// than at mount (a mount that removes nothing never writes there).
+    pub fn char_whiteouts(&self) -> bool {
+        *self.char_whiteouts.get_or_init(|| {
+            let probe = format!("#probe-{}", std::process::id()).into_bytes();
+            let ok = sys::mknod_at(self.work.as_fd(), &probe, libc::S_IFCHR, 0).is_ok();
+            if ok {
+                let _ = sys::unlink_at(self.work.as_fd(), &probe, false);
+            }
+            ok
+        })
+    }
+}
+
+/// The hard-link index directory (`WORKDIR/unionfs-index`), made when the
+/// first lower hard-link group is copied up: until then there is nothing
+/// to find in it, and a mount does not have to create it.
+pub struct IndexDir {
+    /// `WORKDIR`, where the index is made.
+    parent: OwnedFd,
+    dir: OnceLock<Arc<OwnedFd>>,
+    making: Mutex<()>,
+}
+
+/// Name of the hard-link index inside the work directory (not `index`,
+/// which kernel overlayfs uses for its own, differently named, entries).
+pub const INDEX_DIR: &[u8] = b"unionfs-index";
+
+impl IndexDir {
+    /// The index of work directory `parent`, opened if it exists.
+    pub fn open(parent: OwnedFd) -> io::Result<IndexDir> {
+        let dir = OnceLock::new();
+        match Self::open_at(parent.as_fd()) {
+            Ok(fd) => {
+                let _ = dir.set(Arc::new(fd));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(IndexDir {
+            parent,
+            dir,
+            making: Mutex::new(()),
+        })
+    }
+
+    fn open_at(parent: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+        sys::open_at(
+            parent,
+            INDEX_DIR,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+    }
+
+    /// The index directory if it exists.
+    pub fn get(&self) -> Option<&Arc<OwnedFd>> {
+        self.dir.get()
+    }
+
+    /// The index directory, made if it does not exist yet.
+    pub fn get_or_make(&self) -> io::Result<&Arc<OwnedFd>> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d);
+        }
+        let _making = self.making.lock();
+        if self.dir.get().is_none() {
+            match sys::mkdir_at(self.parent.as_fd(), INDEX_DIR, 0o700) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+            let _ = self.dir.set(Arc::new(Self::open_at(self.parent.as_fd())?));
+        }
+        self.dir
+            .get()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
     }
 }
 
@@ -390,7 +471,7 @@ impl Union {
     /// The index key of a lower hard-link group's origin, when it can be
     /// indexed (the index exists and the number is stable across mounts).
     fn index_key(&self, ino: u64) -> Option<Vec<u8>> {
-        self.upper.as_ref()?.index.as_ref()?;
+        self.upper.as_ref()?;
         let tag = ino >> 56;
         if tag == 0 || tag > self.layers.len() as u64 {
             return None;
@@ -399,7 +480,7 @@ impl Union {
     }
 
     fn index_dir(&self) -> Res<&Arc<OwnedFd>> {
-        self.upper()?.index.as_ref().ok_or(libc::EIO)
+        self.upper()?.index.get_or_make().map_err(errno)
     }
 
     /// Finds the index entry of lower hard-linked file `ino` (whose lower
@@ -411,7 +492,7 @@ impl Union {
         }
         let key = self.index_key(ino)?;
         let up = self.upper.as_ref()?;
-        let idx = up.index.as_ref()?;
+        let idx = up.index.get()?;
         let found = match sys::stat_at(idx.as_fd(), &key) {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
                 let stamp = sys::get_xattr_at(idx.as_fd(), &key, &up.key(INDEX_LOWER))
@@ -454,7 +535,7 @@ impl Union {
         let (Some(key), Some(up)) = (self.index_key(ino), self.upper.as_ref()) else {
             return;
         };
-        let Some(idx) = up.index.as_ref() else {
+        let Some(idx) = up.index.get() else {
             return;
         };
         if links == 0 {
@@ -1447,7 +1528,7 @@ impl Union {
     /// Writes a whiteout for `name` in upper directory `dir`.
     pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Res<()> {
         let up = self.upper()?;
-        if up.char_whiteouts {
+        if up.char_whiteouts() {
             // Usually one link to the shared whiteout inode, straight into
             // place: it appears whole or not at all, and belongs to the
             // mounter whatever the directory's set-group-ID bit says.
