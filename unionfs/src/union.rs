@@ -469,7 +469,8 @@ impl Union {
     }
 
     /// The index key of a lower hard-link group's origin, when it can be
-    /// indexed (the index exists and the number is stable across mounts).
+    /// indexed (there is an upper, whose index is made on first use, and
+    /// the number is stable across mounts).
     fn index_key(&self, ino: u64) -> Option<Vec<u8>> {
         self.upper.as_ref()?;
         let tag = ino >> 56;
