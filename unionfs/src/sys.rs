@@ -588,6 +588,25 @@ pub fn set_xattr_at(
     })
 }
 
+/// Sets xattr `key` of the file open (not `O_PATH`) at `fd`: one
+/// `fsetxattr`, where [`set_xattr_at`] with an empty name would first try
+/// `setxattrat(fd, ".")`, which only directories pass.
+pub fn fset_xattr(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+    let k = cstr(key)?;
+    // SAFETY: fd is open for the call; k is NUL-terminated; value is
+    // readable for its length.
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(|_| ())
+}
+
 /// Removes xattr `key` of `dir/name`.
 pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &[u8], key: &[u8]) -> io::Result<()> {
     let k = cstr(key)?;
@@ -953,6 +972,14 @@ mod tests {
         assert_eq!(
             get_xattr_at(gone.as_fd(), b"", b"user.g").expect("get on a removed directory"),
             Some(b"v".to_vec())
+        );
+        // A file open for real (not O_PATH) takes fset_xattr.
+        let file = std::fs::File::open(t.path().join("f")).expect("open");
+        fset_xattr(file.as_fd(), b"user.m", b"", 0).expect("fsetxattr");
+        let dir = open_dir_path(t.path()).expect("dir");
+        assert_eq!(
+            get_xattr_at(dir.as_fd(), b"f", b"user.m").expect("get by name"),
+            Some(Vec::new())
         );
         for name in ["d", "f"] {
             let fd = open_dir_path(t.path())

@@ -1337,7 +1337,7 @@ impl Union {
                         || (!with_data && self.opts.metacopy && attr.size >= METACOPY_MIN_SIZE)
                     {
                         sys::ftruncate(f.as_fd(), attr.size).map_err(errno)?;
-                        sys::set_xattr_at(f.as_fd(), b"", &up.key("overlay.metacopy"), b"", 0)
+                        sys::fset_xattr(f.as_fd(), &up.key("overlay.metacopy"), b"", 0)
                             .map_err(errno)?;
                         metacopy = true;
                     } else {
