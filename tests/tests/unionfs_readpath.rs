@@ -197,7 +197,9 @@ fn sequential_reads_fetch_the_lower_ahead() {
         s.lower(0, "seq").display()
     );
 
-    let m = s.mount("passthrough=0");
+    // Reads through the lower's page cache (a cold lower otherwise goes
+    // around it: `cold_sequential_reads_go_around_the_lower_page_cache`).
+    let m = s.mount("passthrough=0,lower_direct=0");
     let until = Instant::now() + Duration::from_secs(3);
     while readahead_kb(&m.path) != 1024 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
@@ -226,5 +228,116 @@ fn sequential_reads_fetch_the_lower_ahead() {
          the daemon did not read ahead"
     );
     drop(f);
+    m.unmount();
+}
+
+/// Writes `data` to lower file `path`, flushes it and evicts its pages, so
+/// that the next read of it finds nothing cached.
+fn cold_lower(path: &Path, data: &[u8]) -> File {
+    write(path, data);
+    let f = File::open(path).expect("open the lower file");
+    f.sync_all().expect("fsync the lower file");
+    nix::fcntl::posix_fadvise(
+        &f,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .expect("evict the lower file's pages");
+    let len = data.len() / 4096 * 4096;
+    assert_eq!(
+        resident_pages(&f, 0..len),
+        0,
+        "this test needs TMPDIR on a disk file system (pages of {} stayed cached after \
+         POSIX_FADV_DONTNEED)",
+        path.display()
+    );
+    f
+}
+
+/// A page-aligned buffer of `len` bytes (for `O_DIRECT` reads).
+fn aligned(len: usize) -> (Vec<u8>, usize) {
+    let v = vec![0u8; len + 4096];
+    let skew = v.as_ptr().align_offset(4096);
+    (v, skew)
+}
+
+#[test]
+fn cold_sequential_reads_go_around_the_lower_page_cache() {
+    const MIB: usize = 1024 * 1024;
+    let s = Scratch::new(1);
+    let big = pattern(5 * MIB + 1234, 21);
+    let odd = pattern(3 * MIB + 777, 23);
+    let lower_big = cold_lower(&s.lower(0, "big"), &big);
+    let lower_odd = cold_lower(&s.lower(0, "odd"), &odd);
+    let m = s.mount("passthrough=0");
+
+    // A whole-file read: the bytes come through, and the lower's page
+    // cache stays empty (the data is cached once, in the mount's).
+    let got = fs::read(s.m("big")).expect("read big through the mount");
+    assert_eq!(got.len(), big.len(), "length of big");
+    assert!(
+        got == big,
+        "big read through the mount differs from the lower"
+    );
+    let cached = resident_pages(&lower_big, 0..5 * MIB);
+    assert_eq!(
+        cached, 0,
+        "a cold sequential read through a passthrough=0 mount left {cached} pages of the \
+         lower file in its page cache: READs did not go around it"
+    );
+
+    // READs of exactly the sizes asked for (O_DIRECT through the mount):
+    // 192 KiB steps cross the daemon's 1 MiB lookahead chunks, then a seek
+    // back, a seek forward, and the end of the file.
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(s.m("odd"))
+        .expect("open odd with O_DIRECT through the mount");
+    let step = 192 * 1024;
+    let (mut v, skew) = aligned(256 * 1024);
+    let mut off = 0usize;
+    while off < odd.len() {
+        let buf = &mut v[skew..skew + step];
+        let n = f.read_at(buf, off as u64).expect("pread odd");
+        let want = &odd[off..(off + step).min(odd.len())];
+        assert_eq!(n, want.len(), "read of {step} at {off}: length");
+        assert!(&buf[..n] == want, "read of {step} at {off}: bytes differ");
+        off += n;
+    }
+    for (at, len) in [
+        (MIB, 128 * 1024),
+        (2 * MIB + 8192, 256 * 1024),
+        (3 * MIB, 64 * 1024),
+    ] {
+        let buf = &mut v[skew..skew + len];
+        let n = f.read_at(buf, at as u64).expect("pread odd after a seek");
+        let want = &odd[at..(at + len).min(odd.len())];
+        assert_eq!(n, want.len(), "read of {len} at {at}: length");
+        assert!(&buf[..n] == want, "read of {len} at {at}: bytes differ");
+    }
+    drop(f);
+    assert_eq!(
+        resident_pages(&lower_odd, 0..3 * MIB),
+        0,
+        "O_DIRECT READs of a cold lower went through its page cache"
+    );
+    m.unmount();
+
+    // lower_direct=0: the same cold read goes through the lower's cache.
+    let s = Scratch::new(1);
+    let lower = cold_lower(&s.lower(0, "big"), &big);
+    let m = s.mount("passthrough=0,lower_direct=0");
+    let got = fs::read(s.m("big")).expect("read big through the mount");
+    assert!(
+        got == big,
+        "big read with lower_direct=0 differs from the lower"
+    );
+    assert!(
+        resident_pages(&lower, 0..5 * MIB) > 0,
+        "with lower_direct=0 a read through the mount left none of the lower's pages cached"
+    );
     m.unmount();
 }

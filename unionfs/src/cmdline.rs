@@ -15,7 +15,7 @@ pub const USAGE: &str =
 
 options: lowerdir= upperdir= workdir= squash_to_root uidmapping=C:H:N[:C:H:N...]
          gidmapping=... fsync=0|1 allow_other allow_root default_permissions
-         threads=N passthrough=0|1 writeback=0|1 metacopy=on|off cpu_latency=on|off
+         threads=N passthrough=0|1 writeback=0|1 lower_direct=0|1 metacopy=on|off cpu_latency=on|off
          spin=MICROSECONDS readahead_kb=KIB fsname=NAME
          ro rw dev nodev suid nosuid exec noexec atime noatime (others are ignored)
   -f  stay in the foreground      -d  debug output (implies -f)";
@@ -131,6 +131,7 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<()> {
         }
         ("passthrough", Some(v)) => cfg.passthrough = parse_bool(key, v)?,
         ("writeback", Some(v)) => cfg.writeback = parse_bool(key, v)?,
+        ("lower_direct", Some(v)) => cfg.lower_direct = parse_bool(key, v)?,
         ("metacopy", Some(v)) => cfg.metacopy = parse_bool(key, v)?,
         ("cpu_latency", Some(v)) => cfg.cpu_latency = parse_bool(key, v)?,
         ("spin", Some(v)) => {

@@ -33,6 +33,7 @@ use fuser::{
 use crate::inode::{Backing, Node, UpperRef, ROOT_INO};
 use crate::latency::BusyLatency;
 use crate::layer::{is_private_xattr, EntryKind, LayerAttr, LayerData};
+use crate::lookahead::{read_into, PageBuf, ReadState, Served};
 use crate::relay::Relay;
 use crate::sys::{self, Time};
 use crate::union::{errno, DirEnt, Listing, Res, Union};
@@ -52,9 +53,8 @@ enum Handle {
         file: Arc<File>,
         upper: bool,
         backing: bool,
-        /// How far the lower's page cache was asked to read ahead for this
-        /// handle (see [`read_ahead`]).
-        ahead: Arc<AtomicU64>,
+        /// State of reads without passthrough (see [`ReadState`]).
+        read: Arc<ReadState>,
     },
     Inline {
         data: Arc<[u8]>,
@@ -68,6 +68,9 @@ pub struct FsTuning {
     pub passthrough: bool,
     /// Use the writeback cache when passthrough is off.
     pub writeback: bool,
+    /// Serve sequential READs of uncached lower data with `O_DIRECT`
+    /// (see `ReadState::direct_for`).
+    pub lower_direct: bool,
     /// Ask the kernel for POSIX ACL support.
     pub posix_acl: bool,
     /// Hold a zero CPU wake-up latency request while requests arrive
@@ -1032,7 +1035,7 @@ impl UnionFs {
                     file: Arc::new(File::from(fd)),
                     upper: true,
                     backing: false,
-                    ahead: Arc::default(),
+                    read: Arc::default(),
                 });
             }
             let &(l, ln) = st.lowers.first().ok_or(libc::ENOENT)?;
@@ -1042,7 +1045,7 @@ impl UnionFs {
                     file: Arc::new(f),
                     upper: false,
                     backing: false,
-                    ahead: Arc::default(),
+                    read: Arc::default(),
                 }),
                 LayerData::Inline(data) => Ok(Handle::Inline { data }),
             }
@@ -1365,7 +1368,7 @@ thread_local! {
     /// Allocating it per request cost more than the copy: a fresh 1 MiB
     /// buffer is a fresh mapping (above the allocator's mmap threshold),
     /// faulted in page by page and unmapped again.
-    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static READ_BUF: std::cell::RefCell<PageBuf> = const { std::cell::RefCell::new(PageBuf::new()) };
 }
 
 /// Per-operation request counts, kept only when `UNIONFS_OPSTATS=FILE` is
@@ -1813,32 +1816,38 @@ impl Filesystem for UnionFs {
         self.guard("read", || {
             let h = self.handles.get(&fh.0);
             match h.as_deref() {
-                Some(Handle::File { file, ahead, .. }) => {
+                Some(Handle::File {
+                    file, read, upper, ..
+                }) => {
                     let file = file.clone();
-                    let ahead = ahead.clone();
+                    let read = read.clone();
+                    let upper = *upper;
                     drop(h);
                     READ_BUF.with_borrow_mut(|buf| {
                         let want = size as usize;
-                        if buf.len() < want {
-                            buf.resize(want, 0);
-                        }
-                        let mut got = 0usize;
-                        while got < want {
-                            match sys::pread(file.as_fd(), &mut buf[got..want], offset + got as u64)
-                            {
-                                Ok(0) => break,
-                                Ok(n) => got += n,
-                                Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
-                                Err(err) => return reply.error(e(errno(err))),
+                        let answer = |res: io::Result<&[u8]>| match res {
+                            Ok(data) => reply.data(data),
+                            Err(err) => reply.error(e(errno(err))),
+                        };
+                        let on = self.tuning.lower_direct && !upper;
+                        if let Served::No(answer) = read.serve(on, &file, offset, want, buf, answer)
+                        {
+                            match read_into(&file, buf, offset, want) {
+                                Ok(got) => {
+                                    answer(Ok(&buf.bytes(got)[..got]));
+                                    if got == want && want >= READ_AHEAD_MIN {
+                                        read_ahead(
+                                            file.as_fd(),
+                                            &read.ahead,
+                                            offset + got as u64,
+                                            want,
+                                        );
+                                    }
+                                }
+                                Err(err) => answer(Err(err)),
                             }
                         }
-                        reply.data(&buf[..got]);
-                        if got == want && want >= READ_AHEAD_MIN {
-                            read_ahead(file.as_fd(), &ahead, offset + got as u64, want);
-                        }
-                        if buf.len() > READ_BUF_KEEP {
-                            *buf = Vec::new();
-                        }
+                        buf.trim(READ_BUF_KEEP);
                     });
                 }
                 Some(Handle::Inline { data }) => {
@@ -2237,7 +2246,7 @@ impl Filesystem for UnionFs {
                         file,
                         upper: true,
                         backing: true,
-                        ahead: Arc::default(),
+                        read: Arc::default(),
                     });
                     return reply.created_passthrough(
                         &TTL_UPPER,
@@ -2254,7 +2263,7 @@ impl Filesystem for UnionFs {
                 file,
                 upper: true,
                 backing: false,
-                ahead: Arc::default(),
+                read: Arc::default(),
             });
             let mut fopen = FopenFlags::empty();
             if flags & libc::O_DIRECT != 0 {

@@ -20,6 +20,7 @@ mod inode;
 mod kmount;
 pub mod latency;
 pub mod layer;
+mod lookahead;
 pub mod mount;
 pub mod probe;
 pub mod relay;

@@ -80,6 +80,10 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// Use the kernel writeback cache when passthrough is off.
     pub writeback: bool,
+    /// Serve sequential READs of lower data that is not in the page cache
+    /// with `O_DIRECT` (reads without passthrough): the data is then cached
+    /// once, in the mount's page cache, not twice.
+    pub lower_direct: bool,
     /// Metadata-only copy-up for chmod/chown/utimes/xattr changes.
     pub metacopy: bool,
     /// fsync copied-up data (fuse-overlayfs `fsync=1`).
@@ -122,6 +126,7 @@ impl Default for MountConfig {
             threads: 4,
             passthrough: true,
             writeback: true,
+            lower_direct: true,
             metacopy: true,
             fsync: false,
             cpu_latency: true,
@@ -282,6 +287,7 @@ fn prepare(cfg: &MountConfig) -> Result<(UnionFs, Config, KernelOptions), Error>
         FsTuning {
             passthrough: cfg.passthrough,
             writeback: cfg.writeback,
+            lower_direct: cfg.lower_direct,
             posix_acl: cfg.default_permissions,
             cpu_latency: cfg.cpu_latency,
         },
