@@ -112,11 +112,14 @@ pub struct Meta {
     pub kernel: String,
     /// Online CPUs.
     pub cpus: usize,
+    /// Read-ahead window of the dataset's disk, KiB (older results lack it).
+    #[serde(default)]
+    pub disk_readahead_kb: Option<u32>,
     /// Dataset scale.
     pub scale: String,
     /// Repetitions.
     pub reps: usize,
-    /// Backends in run order.
+    /// Backends as given (each rep starts one further along).
     pub backends: Vec<String>,
     /// Mount program per backend, with its version where it reports one.
     pub programs: BTreeMap<String, String>,
@@ -293,10 +296,13 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "Kernel {}, {} CPUs, dataset {} merged files in {} dirs ({} MiB small-file data), big directory {} entries. \
+        "Kernel {}, {} CPUs, {}dataset {} merged files in {} dirs ({} MiB small-file data), big directory {} entries. \
          Cells: median (slowdown vs kernel overlayfs: time ratio or inverse throughput ratio, > 1 is slower).\n",
         meta.kernel,
         meta.cpus,
+        meta.disk_readahead_kb
+            .map(|kb| format!("dataset disk read-ahead {kb} KiB, "))
+            .unwrap_or_default(),
         meta.dataset.merged_files,
         meta.dataset.merged_dirs,
         meta.dataset.small_bytes >> 20,
@@ -511,6 +517,7 @@ mod tests {
                 date: "d".into(),
                 kernel: "k".into(),
                 cpus: 2,
+                disk_readahead_kb: Some(128),
                 scale: "quick".into(),
                 reps: 1,
                 backends,

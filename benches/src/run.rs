@@ -84,8 +84,14 @@ pub fn run_all(plan: &Plan<'_>) -> Result<Results> {
         samples: Vec::new(),
         failures: Vec::new(),
     };
+    // Each rep starts one backend further along, so that no backend is
+    // always the first (or the last) to read the dataset after the others:
+    // on a virtual disk the host's own cache and throttling make that
+    // position matter.
+    let n = plan.backends.len();
     for rep in 1..=plan.reps {
-        for backend in plan.backends {
+        for i in 0..n {
+            let backend = &plan.backends[(i + rep - 1) % n];
             progress!(
                 "rep {rep}/{}: {} (load {})",
                 plan.reps,
@@ -107,6 +113,7 @@ pub fn run_all(plan: &Plan<'_>) -> Result<Results> {
             date,
             kernel: sys::kernel_release(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            disk_readahead_kb: sys::disk_readahead_kb(&plan.dataset.root),
             scale: plan.dataset.manifest.scale.name().into(),
             reps: plan.reps,
             programs: plan

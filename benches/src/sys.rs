@@ -182,6 +182,23 @@ pub fn allocated_bytes(root: &Path) -> u64 {
 }
 
 /// The running kernel's release string.
+/// The read-ahead window, in KiB, of the block device holding `path`
+/// (`queue/read_ahead_kb` of the device, or of its disk for a partition).
+/// Cold sequential reads of the native tree and of kernel overlayfs use
+/// it, FUSE reads mostly do not, so it is part of what a cold ratio means.
+pub fn disk_readahead_kb(path: &Path) -> Option<u32> {
+    let dev = fs::metadata(path).ok()?.dev();
+    let base = format!(
+        "/sys/dev/block/{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    ["queue/read_ahead_kb", "../queue/read_ahead_kb"]
+        .iter()
+        .find_map(|rel| fs::read_to_string(format!("{base}/{rel}")).ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
