@@ -341,3 +341,76 @@ fn cold_sequential_reads_go_around_the_lower_page_cache() {
     );
     m.unmount();
 }
+
+/// An ordinary user's mount (through fusermount3): a cold lower file the
+/// user owns is read around its page cache; one owned by root, whose cache
+/// the kernel will not describe to the user (`cachestat` answers EPERM),
+/// through it. Both read back intact.
+#[test]
+fn an_ordinary_users_mount_goes_around_the_cache_of_its_own_files() {
+    const MIB: usize = 1024 * 1024;
+    let (uid, gid) = ensure_test_user();
+    sh("chmod 666 /dev/fuse");
+    let s = Scratch::new(1);
+    chmod(s.dir.path(), 0o755);
+    let own = pattern(4 * MIB + 99, 31);
+    let roots = pattern(4 * MIB, 37);
+    write(&s.lower(0, "own"), &own);
+    write(&s.lower(0, "roots"), &roots);
+    sh(&format!("chown -R {uid}:{gid} {}", s.dir.path().display()));
+    sh(&format!("chown 0:0 {}", s.lower(0, "roots").display()));
+    let lower_own = cold_lower(&s.lower(0, "own"), &own);
+    let lower_roots = cold_lower(&s.lower(0, "roots"), &roots);
+
+    let m = s.mnt.display();
+    let script = format!(
+        "{bin} -o {opts} {m} && dd if={m}/own of={m}/own.copy bs=1M status=none \
+         && dd if={m}/roots of={m}/roots.copy bs=1M status=none",
+        bin = unionfs_bin().display(),
+        opts = s.rw_options(),
+    );
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &gid.to_string(),
+            "--clear-groups",
+            "--reset-env",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .expect("setpriv (util-linux) must be installed");
+    let mounted = Mount {
+        path: s.mnt.clone(),
+    };
+    assert!(
+        out.status.success(),
+        "mounting and reading as uid {uid}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let own_cached = resident_pages(&lower_own, 0..4 * MIB);
+    let roots_cached = resident_pages(&lower_roots, 0..4 * MIB);
+    drop(mounted);
+    assert!(
+        fs::read(s.upper.join("own.copy")).expect("own.copy") == own,
+        "the user's own file read through the mount differs from the lower"
+    );
+    assert!(
+        fs::read(s.upper.join("roots.copy")).expect("roots.copy") == roots,
+        "root's file read through the mount differs from the lower"
+    );
+    assert_eq!(
+        own_cached, 0,
+        "reading the user's own cold lower file left {own_cached} of its pages cached: \
+         the user's daemon did not read around the page cache"
+    );
+    assert!(
+        roots_cached > 0,
+        "root's lower file was read without its page cache, although the user's daemon \
+         cannot see what of it is cached"
+    );
+}

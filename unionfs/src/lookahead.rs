@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, OnceLock};
 
@@ -190,6 +190,8 @@ pub(crate) struct ReadState {
     direct: OnceLock<Option<Direct>>,
     la: Mutex<Lookahead>,
     ready: Condvar,
+    /// The kernel will not tell this daemon what of the file is cached.
+    unprobed: AtomicBool,
 }
 
 /// How [`ReadState::serve`] answered.
@@ -285,17 +287,27 @@ impl ReadState {
         };
         // Not read ahead: a seek, or the first READ.
         la.chunks.clear();
+        let sequential = offset == 0 || la.last_end == Some(offset);
+        la.last_end = None;
+        if self.unprobed.load(Ordering::Relaxed) {
+            return Served::No(reply);
+        }
         match sys::cached_pages(file.as_fd(), offset, want as u64) {
             Ok(0) => {}
-            _ => {
-                la.last_end = None;
+            Ok(_) => return Served::No(reply),
+            Err(err) => {
+                // `cachestat` answers only for files the caller owns or may
+                // write (EPERM otherwise, as `mincore` would be blind):
+                // without knowing what is cached, keep the cache.
+                if err.raw_os_error() == Some(libc::EPERM) {
+                    self.unprobed.store(true, Ordering::Relaxed);
+                }
                 return Served::No(reply);
             }
         }
         let Some(direct) = self.direct_file(file) else {
             return Served::No(reply);
         };
-        let sequential = la.last_end == Some(offset) || offset == 0;
         match read_into(&direct.file, tl, offset, want) {
             Ok(n) => reply(Ok(&tl.filled(n)[..n])),
             // Opened, but this alignment is refused: through the cache.
