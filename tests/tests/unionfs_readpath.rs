@@ -369,29 +369,11 @@ fn an_ordinary_users_mount_goes_around_the_cache_of_its_own_files() {
         bin = unionfs_bin().display(),
         opts = s.rw_options(),
     );
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &gid.to_string(),
-            "--clear-groups",
-            "--reset-env",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .output()
-        .expect("setpriv (util-linux) must be installed");
+    let (ok, text) = as_user(uid, gid, &script);
     let mounted = Mount {
         path: s.mnt.clone(),
     };
-    assert!(
-        out.status.success(),
-        "mounting and reading as uid {uid}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(ok, "mounting and reading as uid {uid}: {text}");
     let own_cached = resident_pages(&lower_own, 0..4 * MIB);
     let roots_cached = resident_pages(&lower_roots, 0..4 * MIB);
     drop(mounted);

@@ -8,30 +8,8 @@ mod unionfs_common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
 use unionfs_common::*;
-
-/// Runs `script` with `sh -c` as the test user; returns (success, stdout+stderr).
-fn as_user(uid: u32, gid: u32, script: &str) -> (bool, String) {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &gid.to_string(),
-            "--clear-groups",
-            "--reset-env",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .expect("setpriv (util-linux) must be installed");
-    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
 
 fn prepare() -> (Scratch, u32, u32) {
     let (uid, gid) = ensure_test_user();

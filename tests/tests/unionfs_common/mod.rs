@@ -456,3 +456,24 @@ pub fn daemon_pid(mnt: &Path) -> i32 {
     }
     panic!("no unionfs daemon found for {}", mnt.display());
 }
+
+/// Runs `script` with `sh -c` as the test user; returns (success, stdout+stderr).
+pub fn as_user(uid: u32, gid: u32, script: &str) -> (bool, String) {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &gid.to_string(),
+            "--clear-groups",
+            "--reset-env",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("setpriv (util-linux) must be installed");
+    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
