@@ -224,15 +224,24 @@ impl ReadState {
         }
         let mut la = self.la.lock();
         let end = offset + want as u64;
+        // A READ larger than a chunk (a raised `fuse_max_pages_limit`)
+        // reads directly, without lookahead.
+        let look = want <= CHUNK;
         // Wait for lookahead that covers this READ.
         let reply = loop {
             let Some(i) = la
                 .chunks
                 .iter()
                 .position(|c| c.off <= offset && offset < c.end())
+                .filter(|_| look)
             else {
                 break reply;
             };
+            // Chunks before this one are behind the reader.
+            if i > 0 {
+                la.chunks.drain(..i);
+                continue;
+            }
             let step = {
                 let c = &la.chunks[i];
                 match &c.state {
@@ -318,7 +327,7 @@ impl ReadState {
             }
         }
         la.last_end = Some(end);
-        if sequential {
+        if sequential && look {
             self.schedule(&mut la, end);
         }
         Served::Done
@@ -583,5 +592,42 @@ mod tests {
             0,
             "lookahead budget not given back"
         );
+    }
+
+    /// READs larger than a chunk, and READs that skip ahead inside what
+    /// was read ahead, get their whole range.
+    #[test]
+    fn large_and_skipping_reads_get_whole_ranges() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+        let data = pattern(6 * CHUNK + 300, 9);
+        let f = cold_file(&dir, "c", &data);
+        let st = Arc::new(ReadState::default());
+        let mut tl = PageBuf::new();
+        let mut check = |off: usize, want: usize| {
+            let mut got = None;
+            let served = st.serve(true, &f, off as u64, want, &mut tl, |r| {
+                got = Some(r.expect("read").to_vec())
+            });
+            let got = match served {
+                Served::Done => got.expect("a reply"),
+                Served::No(_) => {
+                    let mut buf = PageBuf::new();
+                    let n = read_into(&f, &mut buf, off as u64, want).expect("buffered read");
+                    buf.filled(n)[..n].to_vec()
+                }
+            };
+            let want_bytes = &data[off..(off + want).min(data.len())];
+            assert_eq!(got.len(), want_bytes.len(), "length of {want} at {off}");
+            assert!(got == want_bytes, "bytes of {want} at {off}");
+        };
+        // Sequential start, then a skip inside the lookahead window, then
+        // a READ of two chunks at once, then the tail.
+        check(0, 128 << 10);
+        check(128 << 10, 128 << 10);
+        check(CHUNK + (64 << 10), 128 << 10);
+        check(CHUNK + (192 << 10), 128 << 10);
+        check(3 * CHUNK, 2 * CHUNK);
+        check(5 * CHUNK, CHUNK);
+        check(6 * CHUNK, CHUNK);
     }
 }
