@@ -69,7 +69,7 @@ pub struct FsTuning {
     /// Use the writeback cache when passthrough is off.
     pub writeback: bool,
     /// Serve sequential READs of uncached lower data with `O_DIRECT`
-    /// (see `ReadState::direct_for`).
+    /// (see `lookahead::ReadState::serve`).
     pub lower_direct: bool,
     /// Ask the kernel for POSIX ACL support.
     pub posix_acl: bool,
