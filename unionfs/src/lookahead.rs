@@ -46,6 +46,12 @@ pub(crate) const DEPTH: usize = 2;
 /// process: bounds the memory lookahead takes.
 pub(crate) const BUDGET: usize = 8;
 
+/// The longest a READ waits for a chunk being read ahead before it reads
+/// the data itself. The one lookahead thread serves every mount of the
+/// process, so a lower on a file system that hangs must not hang the
+/// others' READs with it.
+const STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One page of a [`PageBuf`], aligned as `O_DIRECT` wants.
 #[repr(C, align(4096))]
 #[derive(Clone, Copy)]
@@ -192,6 +198,8 @@ pub(crate) struct ReadState {
     ready: Condvar,
     /// The kernel will not tell this daemon what of the file is cached.
     unprobed: AtomicBool,
+    /// Lookahead for this handle took longer than [`STALL`]: no more.
+    stalled: AtomicBool,
 }
 
 /// How [`ReadState::serve`] answered.
@@ -270,7 +278,16 @@ impl ReadState {
                 }
             };
             match step {
-                Step::Wait => self.ready.wait(&mut la),
+                Step::Wait => {
+                    if self.ready.wait_for(&mut la, STALL).timed_out() {
+                        // The lookahead thread is stuck (a hung file system
+                        // it reads for some other handle, perhaps of another
+                        // mount): read this handle's data directly from now on.
+                        self.stalled.store(true, Ordering::Relaxed);
+                        la.chunks.clear();
+                        break reply;
+                    }
+                }
                 Step::Clear => {
                     la.chunks.clear();
                     break reply;
@@ -352,6 +369,9 @@ impl ReadState {
         let Some(Some(direct)) = self.direct.get() else {
             return;
         };
+        if self.stalled.load(Ordering::Relaxed) {
+            return;
+        }
         let mut next = la.chunks.back().map_or(end, |c| c.end().max(end));
         while la.chunks.len() < DEPTH && next < direct.size {
             let Some(slot) = Slot::take() else {
@@ -629,5 +649,35 @@ mod tests {
         check(3 * CHUNK, 2 * CHUNK);
         check(5 * CHUNK, CHUNK);
         check(6 * CHUNK, CHUNK);
+    }
+
+    /// A lookahead thread that does not come back (here: blocked on the
+    /// spare-buffer lock this test holds) delays a READ by [`STALL`] once;
+    /// the handle then reads directly, and every byte still matches.
+    #[test]
+    fn a_stuck_lookahead_thread_only_delays_a_read() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+        let data = pattern(3 * CHUNK, 11);
+        let f = cold_file(&dir, "s", &data);
+        let st = Arc::new(ReadState::default());
+        let mut tl = PageBuf::new();
+        let step = 128 << 10;
+        let spare = SPARE.lock();
+        let mut off = 0usize;
+        while off < data.len() {
+            let mut got = None;
+            let served = st.serve(true, &f, off as u64, step, &mut tl, |r| {
+                got = Some(r.expect("read").to_vec())
+            });
+            assert!(matches!(served, Served::Done), "READ at {off} not served");
+            let got = got.expect("a reply");
+            assert!(got == data[off..off + step], "bytes differ at {off}");
+            off += step;
+        }
+        drop(spare);
+        assert!(
+            st.stalled.load(Ordering::Relaxed),
+            "the handle never gave up on the stuck lookahead"
+        );
     }
 }
