@@ -181,7 +181,6 @@ pub fn allocated_bytes(root: &Path) -> u64 {
     total
 }
 
-/// The running kernel's release string.
 /// The read-ahead window, in KiB, of the block device holding `path`
 /// (`queue/read_ahead_kb` of the device, or of its disk for a partition).
 /// Cold sequential reads of the native tree and of kernel overlayfs use
@@ -199,6 +198,7 @@ pub fn disk_readahead_kb(path: &Path) -> Option<u32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
+/// The running kernel's release string.
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())

@@ -1312,7 +1312,7 @@ const READ_BUF_KEEP: usize = 1 << 20;
 /// READs at least this large come from the kernel's read-ahead (a
 /// sequential reader); after one, the daemon asks the lower's page cache to
 /// fetch what follows.
-const READ_AHEAD_MIN: usize = 64 << 10;
+const READ_AHEAD_MIN: usize = crate::lookahead::SEQUENTIAL_MIN;
 
 /// How far ahead, in READ sizes. Without it the lower file's own read-ahead
 /// (128 KiB on this disk) starts each 1 MiB READ from cold, and a cold 1 GiB
