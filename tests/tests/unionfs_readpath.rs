@@ -342,12 +342,14 @@ fn cold_sequential_reads_go_around_the_lower_page_cache() {
     m.unmount();
 }
 
-/// An ordinary user's mount (through fusermount3): a cold lower file the
-/// user owns is read around its page cache; one owned by root, whose cache
-/// the kernel will not describe to the user (`cachestat` answers EPERM),
-/// through it. Both read back intact.
+/// An ordinary user's mount (through fusermount3) reads cold lower files
+/// around their page cache: one the user owns (the daemon asks `cachestat`)
+/// and one owned by root (`cachestat` answers EPERM, so the daemon probes
+/// one page with `RWF_NOWAIT`, which caches that page). A root-owned lower
+/// that is already cached is read from that cache, not the disk. All three
+/// read back intact.
 #[test]
-fn an_ordinary_users_mount_goes_around_the_cache_of_its_own_files() {
+fn an_ordinary_users_mount_goes_around_the_cache_of_cold_files() {
     const MIB: usize = 1024 * 1024;
     let (uid, gid) = ensure_test_user();
     sh("chmod 666 /dev/fuse");
@@ -355,12 +357,28 @@ fn an_ordinary_users_mount_goes_around_the_cache_of_its_own_files() {
     chmod(s.dir.path(), 0o755);
     let own = pattern(4 * MIB + 99, 31);
     let roots = pattern(4 * MIB, 37);
+    let warm = pattern(4 * MIB, 41);
     write(&s.lower(0, "own"), &own);
     write(&s.lower(0, "roots"), &roots);
+    write(&s.lower(0, "warm"), &warm);
     sh(&format!("chown -R {uid}:{gid} {}", s.dir.path().display()));
-    sh(&format!("chown 0:0 {}", s.lower(0, "roots").display()));
+    sh(&format!(
+        "chown 0:0 {} {}",
+        s.lower(0, "roots").display(),
+        s.lower(0, "warm").display()
+    ));
     let lower_own = cold_lower(&s.lower(0, "own"), &own);
     let lower_roots = cold_lower(&s.lower(0, "roots"), &roots);
+    let lower_warm = cold_lower(&s.lower(0, "warm"), &warm);
+    assert!(
+        fs::read(s.lower(0, "warm")).expect("read the warm lower") == warm,
+        "the lower file warm reads back wrong"
+    );
+    assert_eq!(
+        resident_pages(&lower_warm, 0..4 * MIB),
+        1024,
+        "this test needs the lower file warm to stay cached after reading it"
+    );
 
     let m = s.mnt.display();
     let script = format!(
@@ -376,23 +394,68 @@ fn an_ordinary_users_mount_goes_around_the_cache_of_its_own_files() {
     assert!(ok, "mounting and reading as uid {uid}: {text}");
     let own_cached = resident_pages(&lower_own, 0..4 * MIB);
     let roots_cached = resident_pages(&lower_roots, 0..4 * MIB);
+    // The daemon's disk reads (`/proc/PID/io`, all its threads) while the
+    // user reads the cached file: none of it should come from the disk.
+    let daemon = daemon_of(&s.mnt);
+    let before = disk_read_bytes(daemon);
+    let (ok, text) = as_user(
+        uid,
+        gid,
+        &format!("dd if={m}/warm of={m}/warm.copy bs=1M status=none"),
+    );
+    assert!(ok, "reading warm as uid {uid}: {text}");
+    let warm_from_disk = disk_read_bytes(daemon) - before;
     drop(mounted);
-    assert!(
-        fs::read(s.upper.join("own.copy")).expect("own.copy") == own,
-        "the user's own file read through the mount differs from the lower"
-    );
-    assert!(
-        fs::read(s.upper.join("roots.copy")).expect("roots.copy") == roots,
-        "root's file read through the mount differs from the lower"
-    );
+    for (name, want) in [("own", &own), ("roots", &roots), ("warm", &warm)] {
+        assert!(
+            fs::read(s.upper.join(format!("{name}.copy"))).expect("the copy") == *want,
+            "{name} read through the user's mount differs from the lower"
+        );
+    }
     assert_eq!(
         own_cached, 0,
         "reading the user's own cold lower file left {own_cached} of its pages cached: \
          the user's daemon did not read around the page cache"
     );
     assert!(
-        roots_cached > 0,
-        "root's lower file was read without its page cache, although the user's daemon \
-         cannot see what of it is cached"
+        roots_cached <= 4,
+        "reading root's cold lower file left {roots_cached} of its 1,024 pages cached: \
+         the user's daemon read it through the page cache, not around it"
     );
+    assert!(
+        warm_from_disk < MIB as u64,
+        "the user's daemon read {warm_from_disk} bytes from the disk for a lower file \
+         whose pages were all cached"
+    );
+}
+
+/// The pid of the FUSE daemon serving `mnt` (the process holding
+/// `/dev/fuse` whose command line names `mnt`).
+fn daemon_of(mnt: &Path) -> u32 {
+    let want = mnt.to_string_lossy().to_string();
+    for entry in fs::read_dir("/proc").expect("list /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("unionfs")) && args.contains(&want) {
+            return pid;
+        }
+    }
+    panic!("no unionfs daemon serving {want} in /proc");
+}
+
+/// `read_bytes` of `/proc/PID/io`: what the process had read from storage.
+fn disk_read_bytes(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no read_bytes in /proc/{pid}/io: {io}"))
 }

@@ -8,6 +8,12 @@
 //! reads the disk with `O_DIRECT` straight into the reply buffer: one copy,
 //! one cache, as with kernel overlayfs.
 //!
+//! "Not cached" is asked of `cachestat`, which answers only for files the
+//! daemon owns or may write. For the others (an ordinary user reading
+//! root's layers) the daemon reads the READ's first page with `RWF_NOWAIT`
+//! from a descriptor without read-ahead: EAGAIN means the page was not
+//! cached (the kernel then fetches that one page, and only it).
+//!
 //! `O_DIRECT` has no read-ahead, and the kernel sends the next READ only
 //! once the reader has reached the end of the last one, so one sequential
 //! reader would keep the disk idle while its reply travels. A *lookahead*
@@ -24,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, OnceLock};
 
+use nix::fcntl::PosixFadviseAdvice;
 use parking_lot::{Condvar, Mutex};
 
 use crate::sys;
@@ -196,8 +203,12 @@ pub(crate) struct ReadState {
     direct: OnceLock<Option<Direct>>,
     la: Mutex<Lookahead>,
     ready: Condvar,
-    /// The kernel will not tell this daemon what of the file is cached.
-    unprobed: AtomicBool,
+    /// `cachestat` refused this file (not the daemon's to write): the
+    /// handle asks [`sys::page_cached`] instead.
+    no_cachestat: AtomicBool,
+    /// The descriptor those no-wait probes read from (`POSIX_FADV_RANDOM`);
+    /// `None` if it could not be opened.
+    probe: OnceLock<Option<File>>,
     /// Lookahead for this handle took longer than [`STALL`]: no more.
     stalled: AtomicBool,
 }
@@ -315,21 +326,8 @@ impl ReadState {
         la.chunks.clear();
         let sequential = offset == 0 || la.last_end == Some(offset);
         la.last_end = None;
-        if self.unprobed.load(Ordering::Relaxed) {
+        if !self.uncached(file, offset, want) {
             return Served::No(reply);
-        }
-        match sys::cached_pages(file.as_fd(), offset, want as u64) {
-            Ok(0) => {}
-            Ok(_) => return Served::No(reply),
-            Err(err) => {
-                // `cachestat` answers only for files the caller owns or may
-                // write (EPERM otherwise, as `mincore` would be blind):
-                // without knowing what is cached, keep the cache.
-                if err.raw_os_error() == Some(libc::EPERM) {
-                    self.unprobed.store(true, Ordering::Relaxed);
-                }
-                return Served::No(reply);
-            }
         }
         let Some(direct) = self.direct_file(file) else {
             return Served::No(reply);
@@ -348,6 +346,34 @@ impl ReadState {
             self.schedule(&mut la, end);
         }
         Served::Done
+    }
+
+    /// Whether none of `[offset, offset + want)` of `file` is cached, as
+    /// far as the daemon can tell: `cachestat` where the kernel answers it,
+    /// else whether the first page is cached. Unsure: false (keep the
+    /// cache).
+    fn uncached(&self, file: &File, offset: u64, want: usize) -> bool {
+        if !self.no_cachestat.load(Ordering::Relaxed) {
+            match sys::cached_pages(file.as_fd(), offset, want as u64) {
+                Ok(n) => return n == 0,
+                // `cachestat` answers only for files the caller owns or may
+                // write (as `mincore` is blind to the others), and not at
+                // all before Linux 6.5.
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EPERM | libc::ENOSYS)) => {
+                    self.no_cachestat.store(true, Ordering::Relaxed);
+                }
+                Err(_) => return false,
+            }
+        }
+        let probe = self.probe.get_or_init(|| {
+            let f = File::from(sys::reopen(file.as_fd(), libc::O_RDONLY).ok()?);
+            nix::fcntl::posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM).ok()?;
+            Some(f)
+        });
+        match probe {
+            Some(f) => matches!(sys::page_cached(f.as_fd(), offset), Ok(false)),
+            None => false,
+        }
     }
 
     fn direct_file(&self, file: &File) -> Option<&Direct> {

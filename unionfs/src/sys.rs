@@ -395,6 +395,42 @@ pub fn cached_pages(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<u64
     Ok(st.nr_cache)
 }
 
+/// Whether the page at `offset` of `fd`'s file is in the page cache, for
+/// callers `cachestat` refuses (it answers only for files the caller owns
+/// or may write). It reads that page with `RWF_NOWAIT`, which fails with
+/// EAGAIN rather than wait for the disk. A miss still starts a read of the
+/// page (the kernel's read-ahead runs before the no-wait check), so `fd`
+/// should be opened for this alone and marked `POSIX_FADV_RANDOM`: the miss
+/// then costs one page of I/O and one cached page, not a read-ahead window.
+/// A page past the end of the file counts as cached (nothing to read).
+pub fn page_cached(fd: BorrowedFd<'_>, offset: u64) -> io::Result<bool> {
+    let mut page = [0u8; 4096];
+    let iov = libc::iovec {
+        iov_base: page.as_mut_ptr().cast(),
+        iov_len: page.len(),
+    };
+    // SAFETY: one iovec describing `page`, writable for its whole length
+    // and alive across the call.
+    let n = unsafe {
+        libc::preadv2(
+            fd.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n >= 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EAGAIN) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
 /// `pread` into `buf`.
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     // SAFETY: buf is writable for buf.len() bytes.
