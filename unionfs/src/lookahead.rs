@@ -640,6 +640,48 @@ mod tests {
         );
     }
 
+    /// A handle `cachestat` refuses probes one page with `RWF_NOWAIT`: a
+    /// cold file is then read around the page cache (the probe leaves just
+    /// its one page cached), a cached one through it.
+    #[test]
+    fn without_cachestat_one_page_tells_cold_from_cached() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+        let data = pattern(2 * CHUNK, 11);
+        let cold = cold_file(&dir, "cold", &data);
+        let warm = cold_file(&dir, "warm", &data);
+        assert_eq!(
+            sys::cached_pages(cold.as_fd(), 0, data.len() as u64).expect("cachestat"),
+            0,
+            "this test needs TMPDIR on a disk file system ({} stayed cached)",
+            dir.path().display()
+        );
+        std::io::copy(&mut &warm, &mut std::io::sink()).expect("warm the file");
+        let want = 128 << 10;
+        for (f, name, around) in [(&cold, "cold", true), (&warm, "cached", false)] {
+            let st = Arc::new(ReadState::default());
+            st.no_cachestat.store(true, Ordering::Relaxed);
+            let mut tl = PageBuf::new();
+            let mut got = None;
+            let served = st.serve(true, f, 0, want, &mut tl, |r| {
+                got = Some(r.expect("read").to_vec())
+            });
+            assert_eq!(
+                matches!(served, Served::Done),
+                around,
+                "the {name} file's first READ went the wrong way"
+            );
+            if around {
+                let got = got.expect("a reply");
+                assert!(got == data[..want], "the {name} file's bytes differ");
+            }
+        }
+        let cached = sys::cached_pages(cold.as_fd(), 0, data.len() as u64).expect("cachestat");
+        assert!(
+            cached <= 1,
+            "probing and reading the cold file cached {cached} pages"
+        );
+    }
+
     /// READs larger than a chunk, and READs that skip ahead inside what
     /// was read ahead, get their whole range.
     #[test]
