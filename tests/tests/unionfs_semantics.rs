@@ -793,3 +793,85 @@ fn dot_entries_and_shared_whiteouts() {
     );
     assert_eq!(names(&s.m("d")), Vec::<String>::new());
 }
+
+/// A name the union does not hold is answered as a negative entry the
+/// kernel keeps (as overlayfs and fuse-overlayfs do), so looking it up
+/// again costs no request; a change through the mount shows at once.
+#[test]
+fn missing_names_are_looked_up_once_until_made() {
+    let s = Scratch::new(2);
+    fs::create_dir(s.lower(1, "bin")).expect("mkdir lower bin");
+    fs::write(s.lower(1, "bin/sh"), b"sh").expect("write lower bin/sh");
+    let counts = s.dir.path().join("opstats");
+    let out = Command::new(unionfs_bin())
+        .env("UNIONFS_OPSTATS", &counts)
+        .args(["-o", &s.rw_options()])
+        .arg(&s.mnt)
+        .output()
+        .expect("run unionfs");
+    assert!(
+        out.status.success(),
+        "mounting: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mount {
+        path: s.mnt.clone(),
+    };
+    let gone = |rel: &str| match fs::symlink_metadata(s.m(rel)) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(_) => false,
+    };
+    // `bin` comes only from a lower; the root has an upper directory.
+    for _ in 0..50 {
+        assert!(gone("bin/missing"), "bin/missing exists");
+        assert!(gone("missing"), "missing exists");
+    }
+    fs::write(s.m("bin/missing"), b"made").expect("create bin/missing");
+    assert_eq!(
+        fs::read(s.m("bin/missing")).expect("read bin/missing"),
+        b"made"
+    );
+    fs::create_dir(s.m("missing")).expect("mkdir missing");
+    assert!(
+        s.m("missing").is_dir(),
+        "missing is not a directory after mkdir"
+    );
+    assert!(gone("bin/renamed"), "bin/renamed exists");
+    fs::rename(s.m("bin/missing"), s.m("bin/renamed")).expect("rename");
+    assert!(
+        gone("bin/missing"),
+        "bin/missing still there after the rename"
+    );
+    assert_eq!(
+        fs::read(s.m("bin/renamed")).expect("read bin/renamed"),
+        b"made"
+    );
+    fs::remove_file(s.m("bin/renamed")).expect("unlink bin/renamed");
+    assert!(gone("bin/renamed"), "bin/renamed still there after unlink");
+    assert_eq!(fs::read(s.m("bin/sh")).expect("read bin/sh"), b"sh");
+    drop(m);
+
+    // The daemon writes its request counts as it ends, after the unmount.
+    let until = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        if let Ok(t) = fs::read_to_string(&counts) {
+            break t;
+        }
+        assert!(
+            Instant::now() < until,
+            "the daemon wrote no request counts to {}",
+            counts.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lookups: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lookup "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        lookups < 20,
+        "{lookups} LOOKUP requests for 100 lookups of two missing names and a few \
+         changes: the kernel did not keep the negative entries ({text})"
+    );
+}

@@ -1427,6 +1427,41 @@ impl UnionFs {
     }
 }
 
+/// Answers a LOOKUP of a name `parent` does not hold with node id 0, which
+/// the kernel keeps as a negative entry for the given time (an ENOENT error
+/// is forgotten at once). A shell's `PATH` search, the dynamic linker's
+/// library search and interpreters' module searches look the same missing
+/// names up again and again; kernel overlayfs and fuse-overlayfs answer the
+/// repeats from the dentry cache too. Only a change made through the mount
+/// can make the name appear, and the kernel replaces the negative entry
+/// itself then (create, mkdir, link, rename); a directory that comes only
+/// from immutable lowers keeps it as long as its other entries.
+fn reply_negative(parent: &Node, reply: ReplyEntry) {
+    let ttl = if parent.state.read().lower_only() {
+        TTL_LOWER
+    } else {
+        TTL_UPPER
+    };
+    let none = FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    };
+    reply.entry(&ttl, &none, Generation(0));
+}
+
 /// [`UnionFs::guard`] without the latency request.
 fn guard(op: &'static str, f: impl FnOnce()) {
     if let Some(stats) = OPSTATS.get() {
@@ -1505,9 +1540,16 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.guard("lookup", || match self.child(parent.0, name.as_bytes()) {
-            Ok((_, n, a)) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
-            Err(err) => reply.error(e(err)),
+        self.guard("lookup", || {
+            let p = match self.u.node(parent.0) {
+                Ok(p) => p,
+                Err(err) => return reply.error(e(err)),
+            };
+            match self.u.resolve(&p, name.as_bytes()) {
+                Ok(Some((n, a))) => self.reply_entry(parent.0, name.as_bytes(), &n, &a, reply),
+                Ok(None) => reply_negative(&p, reply),
+                Err(err) => reply.error(e(err)),
+            }
         });
     }
 
