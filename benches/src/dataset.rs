@@ -75,6 +75,8 @@ pub struct Params {
     pub randread_secs: f64,
     /// Listings of the big directory per sample.
     pub readdir_iters: usize,
+    /// Rounds of the PATH search (each looks for 50 commands).
+    pub path_rounds: usize,
 }
 
 impl Scale {
@@ -94,6 +96,7 @@ impl Scale {
                 seqwrite_bytes: 1 << 30,
                 randread_secs: 10.0,
                 readdir_iters: 20,
+                path_rounds: 200,
             },
             Scale::Quick => Params {
                 packages: 76,
@@ -108,6 +111,7 @@ impl Scale {
                 seqwrite_bytes: 64 << 20,
                 randread_secs: 2.0,
                 readdir_iters: 10,
+                path_rounds: 50,
             },
         }
     }

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 pub const BASELINE: &str = "overlay";
 
 /// Metrics in report order; anything else follows in order of appearance.
-const ORDER: [&str; 18] = [
+const ORDER: [&str; 19] = [
     "walk_cold",
     "walk_warm",
     "readdir10k",
+    "path_search",
     "seqread_cold",
     "seqread_warm",
     "randread4k",

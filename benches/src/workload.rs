@@ -31,6 +31,10 @@ pub enum Workload {
     /// List the 10,000-entry merged directory, repeatedly.
     #[value(name = "readdir10k")]
     Readdir10k,
+    /// A shell's PATH search, repeated: stat each of 50 commands in six
+    /// PATH directories until found (four misses, then `bin`).
+    #[value(name = "path_search")]
+    PathSearch,
     /// Read the 1 GiB lower file after dropping caches.
     #[value(name = "seqread_cold")]
     SeqreadCold,
@@ -68,10 +72,11 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload in report order.
-    pub const ALL: [Workload; 14] = [
+    pub const ALL: [Workload; 15] = [
         Workload::WalkCold,
         Workload::WalkWarm,
         Workload::Readdir10k,
+        Workload::PathSearch,
         Workload::SeqreadCold,
         Workload::SeqreadWarm,
         Workload::Randread4k,
@@ -91,6 +96,7 @@ impl Workload {
             Workload::WalkCold => "walk_cold",
             Workload::WalkWarm => "walk_warm",
             Workload::Readdir10k => "readdir10k",
+            Workload::PathSearch => "path_search",
             Workload::SeqreadCold => "seqread_cold",
             Workload::SeqreadWarm => "seqread_warm",
             Workload::Randread4k => "randread4k",
@@ -126,6 +132,7 @@ impl Workload {
             self,
             Workload::WalkWarm
                 | Workload::Readdir10k
+                | Workload::PathSearch
                 | Workload::SeqreadWarm
                 | Workload::Randread4k
         )
@@ -199,6 +206,7 @@ pub fn run(workload: Workload, ctx: &mut Ctx<'_>) -> Result<Vec<Measure>> {
             walk(ctx, "walk_warm")
         }
         Workload::Readdir10k => readdir(ctx, params.readdir_iters),
+        Workload::PathSearch => path_search(ctx, params.path_rounds),
         Workload::SeqreadCold => {
             ctx.drop_caches()?;
             seqread(ctx, "seqread_cold")
@@ -267,6 +275,57 @@ fn readdir(ctx: &Ctx<'_>, iters: usize) -> Result<Vec<Measure>> {
     Ok(vec![
         Measure::new("readdir10k", ms, "ms/listing").check(expect_eq("entries", count, want))
     ])
+}
+
+/// The PATH a shell searches, in order: only `usr/bin` and `bin` exist in
+/// the dataset, and the commands are `bin/applet*`.
+const SEARCH_PATH: [&str; 6] = [
+    "usr/local/sbin",
+    "usr/local/bin",
+    "usr/sbin",
+    "usr/bin",
+    "sbin",
+    "bin",
+];
+
+/// Commands looked for per round.
+const SEARCH_NAMES: usize = 50;
+
+/// `rounds` PATH searches for each of [`SEARCH_NAMES`] commands (stat in
+/// each PATH directory until one holds it), after one unmeasured round:
+/// what a shell script running many commands, or a dynamic linker probing
+/// library directories, costs the file system. Microseconds per search.
+fn path_search(ctx: &Ctx<'_>, rounds: usize) -> Result<Vec<Measure>> {
+    let bin = ctx.target.join("bin");
+    let mut names: Vec<String> = fs::read_dir(&bin)
+        .with_context(|| format!("listing {}", bin.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("applet"))
+        .collect();
+    names.sort();
+    names.truncate(SEARCH_NAMES);
+    let dirs: Vec<PathBuf> = SEARCH_PATH.iter().map(|d| ctx.target.join(d)).collect();
+    let search = |name: &str| dirs.iter().any(|d| fs::metadata(d.join(name)).is_ok());
+    for n in &names {
+        search(n);
+    }
+    let started = Instant::now();
+    let mut found = 0u64;
+    for _ in 0..rounds {
+        for n in &names {
+            found += u64::from(search(n));
+        }
+    }
+    let searches = (rounds * names.len()).max(1);
+    let us = started.elapsed().as_secs_f64() * 1e6 / searches as f64;
+    Ok(vec![Measure::new("path_search", us, "us/search").check(
+        expect_eq(
+            "commands found",
+            found,
+            (rounds * SEARCH_NAMES) as u64,
+        ),
+    )])
 }
 
 fn seqread(ctx: &Ctx<'_>, metric: &'static str) -> Result<Vec<Measure>> {
