@@ -320,11 +320,7 @@ fn path_search(ctx: &Ctx<'_>, rounds: usize) -> Result<Vec<Measure>> {
     let searches = (rounds * names.len()).max(1);
     let us = started.elapsed().as_secs_f64() * 1e6 / searches as f64;
     Ok(vec![Measure::new("path_search", us, "us/search").check(
-        expect_eq(
-            "commands found",
-            found,
-            (rounds * SEARCH_NAMES) as u64,
-        ),
+        expect_eq("commands found", found, (rounds * SEARCH_NAMES) as u64),
     )])
 }
 
