@@ -82,31 +82,10 @@ pub fn is_mountpoint(path: &Path) -> bool {
         .any(|point| unescape_mountinfo(point) == want)
 }
 
-/// Mount points in mountinfo escape space, tab, newline and backslash as
-/// `\ooo` octal.
+/// A mountinfo path field with its octal escapes (`\040` for a space)
+/// undone.
 fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (bytes[i], octal) {
-            (b'\\', Some(digits)) => {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                out.push(value as u8);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&unionfs::mount::unescape_mountinfo(field)).into_owned()
 }
 
 /// Unmounts `path`, retrying while it is busy, lazily as the last resort.

@@ -139,6 +139,44 @@ fn the_mount_reads_ahead_one_mib_unless_told_otherwise() {
     m.unmount();
 }
 
+/// The daemon sets the read-ahead window without sending its own mount a
+/// request: a daemon thread waiting on its own mount hangs for good if the
+/// daemon is killed while a worker holds that request (it did: a `statfs`
+/// 20 ms after the mount, under the crash tests' SIGKILL). Nothing here
+/// touches the mount, so the daemon must have served no request at all.
+#[test]
+fn the_daemon_sends_its_own_mount_no_request() {
+    let s = Scratch::new(1);
+    write(&s.lower(0, "f"), b"data");
+    let counts = s.dir.path().join("opstats");
+    mount_counting(
+        &format!("{},passthrough=0", s.rw_options()),
+        &s.mnt,
+        &counts,
+    );
+    // Well past the daemon's start-up work (it waits 20 ms), without a
+    // stat of the mount (that would be a request).
+    std::thread::sleep(Duration::from_millis(500));
+    let mnt = s.mnt.to_string_lossy().to_string();
+    let listed = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(mnt.as_str())),
+        "{mnt} is not in the mount table"
+    );
+    nix::mount::umount2(&s.mnt, nix::mount::MntFlags::empty()).expect("umount");
+    let text = request_counts(&counts);
+    let served: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("init ") && !l.starts_with("destroy "))
+        .collect();
+    assert!(
+        served.is_empty(),
+        "the daemon served requests nobody but itself sent: {served:?}"
+    );
+}
+
 /// How many of the pages of `f` in `range` (bytes, page aligned) are in the
 /// page cache.
 fn resident_pages(f: &File, range: std::ops::Range<usize>) -> usize {

@@ -803,17 +803,7 @@ fn missing_names_are_looked_up_once_until_made() {
     fs::create_dir(s.lower(1, "bin")).expect("mkdir lower bin");
     fs::write(s.lower(1, "bin/sh"), b"sh").expect("write lower bin/sh");
     let counts = s.dir.path().join("opstats");
-    let out = Command::new(unionfs_bin())
-        .env("UNIONFS_OPSTATS", &counts)
-        .args(["-o", &s.rw_options()])
-        .arg(&s.mnt)
-        .output()
-        .expect("run unionfs");
-    assert!(
-        out.status.success(),
-        "mounting: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount_counting(&s.rw_options(), &s.mnt, &counts);
     let m = Mount {
         path: s.mnt.clone(),
     };
@@ -851,19 +841,7 @@ fn missing_names_are_looked_up_once_until_made() {
     assert_eq!(fs::read(s.m("bin/sh")).expect("read bin/sh"), b"sh");
     drop(m);
 
-    // The daemon writes its request counts as it ends, after the unmount.
-    let until = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        if let Ok(t) = fs::read_to_string(&counts) {
-            break t;
-        }
-        assert!(
-            Instant::now() < until,
-            "the daemon wrote no request counts to {}",
-            counts.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let text = request_counts(&counts);
     let lookups: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("lookup "))

@@ -1,6 +1,7 @@
 //! Mounting: [`MountConfig`], [`mount_background`], [`mount_foreground`].
 
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -491,14 +492,12 @@ pub fn mount_foreground(
     serve(conn, sigs, mountpoint)
 }
 
-/// Serves a live mount until it is unmounted; one of the signals in `sigs`
-/// (blocked in this thread) unmounts it.
 /// Sets the read-ahead window of the mount at `mountpoint` to `kb` KiB
 /// (`/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`; 0: leave it). FUSE starts a
 /// mount at 128 KiB and the INIT reply can only lower it, so sequential reads
 /// without passthrough come in 128 KiB READ requests; 1 MiB takes an eighth
-/// of the round trips. Best effort: only root may write the file. Call it
-/// while requests are served (it stats the mount's root).
+/// of the round trips. Best effort: only root may write the file. It finds
+/// the mount in `/proc/self/mountinfo` and sends the mount no request.
 pub fn set_readahead(mountpoint: &Path, kb: u32) {
     if kb == 0 {
         return;
@@ -523,20 +522,88 @@ pub fn set_readahead(mountpoint: &Path, kb: u32) {
     }
 }
 
-/// The device number of the FUSE file system mounted at `path`, or `None`
-/// if what is there is not FUSE. One fd for both checks, so they see the
-/// same mount.
+/// The device number of the FUSE file system mounted on top at `path`, or
+/// `None` if the top mount there is not FUSE (unmounted meanwhile).
+///
+/// Read from `/proc/self/mountinfo`, never by a `stat` or `statfs` of the
+/// mount: those are requests to this very daemon. A daemon thread waiting
+/// on its own mount, when the daemon is killed after a worker has taken
+/// the request, waits for an answer nobody will send; it cannot be killed
+/// (the kernel waits out requests already in user space), and it keeps
+/// `/dev/fuse` open, so the mount is never torn down either.
 fn fuse_dev_at(path: &Path) -> std::io::Result<Option<u64>> {
-    use nix::sys::statfs::{fstatfs, FUSE_SUPER_MAGIC};
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(path)?;
-    if fstatfs(&f)?.filesystem_type() != FUSE_SUPER_MAGIC {
-        return Ok(None);
+    // Resolve the parent only: resolving the last component enters the mount.
+    let abs = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent)?.join(name)
+        }
+        _ => path.to_path_buf(),
+    };
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let top = table
+        .lines()
+        .filter_map(parse_mountinfo)
+        .rfind(|m| m.point == abs);
+    Ok(top.and_then(|m| {
+        let fuse = m.fstype == "fuse" || m.fstype == "fuseblk" || m.fstype.starts_with("fuse.");
+        fuse.then_some(m.dev)
+    }))
+}
+
+/// The fields of a `/proc/self/mountinfo` line [`fuse_dev_at`] needs.
+#[derive(Debug, PartialEq)]
+struct MountLine {
+    dev: u64,
+    point: PathBuf,
+    fstype: String,
+}
+
+/// Parses one `/proc/self/mountinfo` line: `ID PARENT MAJOR:MINOR ROOT
+/// POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`, with spaces,
+/// tabs, newlines and backslashes in paths escaped as octal (`\040`).
+fn parse_mountinfo(line: &str) -> Option<MountLine> {
+    let (head, tail) = line.split_once(" - ")?;
+    let fields: Vec<&str> = head.split(' ').collect();
+    let (major, minor) = fields.get(2)?.split_once(':')?;
+    let point = unescape_mountinfo(fields.get(4)?);
+    let fstype = tail.split(' ').next()?.to_string();
+    Some(MountLine {
+        dev: libc::makedev(major.parse().ok()?, minor.parse().ok()?),
+        point: PathBuf::from(std::ffi::OsString::from_vec(point)),
+        fstype,
+    })
+}
+
+/// Undoes the octal escapes of a `/proc/self/mountinfo` path field: the
+/// kernel writes a space, tab, newline or backslash in a mount point as
+/// `\ooo` (`\040` is a space).
+pub fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
     }
-    Ok(Some(f.metadata()?.dev()))
+    out
 }
 
 /// How long the signal thread waits before starting its own work (the
@@ -624,5 +691,32 @@ pub fn mount_daemon(cfg: MountConfig, mountpoint: &Path, keep_stderr: bool) -> R
             };
             std::process::exit(code);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_mountinfo, MountLine};
+    use std::path::PathBuf;
+
+    #[test]
+    fn mountinfo_lines_give_device_point_and_type() {
+        let line = "45 27 0:40 / /tmp/a\\040b/mnt rw,nosuid,nodev,relatime shared:7 - \
+                    fuse.unionfs unionfs rw,user_id=0,group_id=0";
+        assert_eq!(
+            parse_mountinfo(line),
+            Some(MountLine {
+                dev: libc::makedev(0, 40),
+                point: PathBuf::from("/tmp/a b/mnt"),
+                fstype: "fuse.unionfs".into(),
+            })
+        );
+        let odd = "46 27 259:3 / /x\\134y\\011z rw - ext4 /dev/vda1 rw";
+        let m = parse_mountinfo(odd).expect("a line with escapes");
+        assert_eq!(m.point, PathBuf::from("/x\\y\tz"));
+        assert_eq!(m.dev, libc::makedev(259, 3));
+        assert_eq!(m.fstype, "ext4");
+        assert_eq!(parse_mountinfo("garbage"), None);
+        assert_eq!(parse_mountinfo("1 2 nocolon / /a rw - ext4 x rw"), None);
     }
 }

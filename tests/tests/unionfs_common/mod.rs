@@ -173,17 +173,7 @@ impl Mount {
     /// Runs the unionfs binary with `args` then the mount point; it
     /// daemonises and returns once the mount is live.
     pub fn unionfs(args: &[&str], mnt: &Path) -> Mount {
-        let out = Command::new(unionfs_bin())
-            .args(args)
-            .arg(mnt)
-            .output()
-            .expect("run unionfs");
-        assert!(
-            out.status.success(),
-            "unionfs {args:?} {} failed: {}",
-            mnt.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_unionfs(args, mnt, None);
         assert!(
             is_mounted(mnt),
             "unionfs returned but {} is not mounted",
@@ -476,4 +466,44 @@ pub fn as_user(uid: u32, gid: u32, script: &str) -> (bool, String) {
     let mut text = String::from_utf8_lossy(&out.stdout).to_string();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
+}
+
+/// Mounts unionfs with `-o opts` at `mnt`, counting requests per operation
+/// into `counts` (`UNIONFS_OPSTATS`, written when the daemon ends). No
+/// check of the mount that would itself be a request.
+pub fn mount_counting(opts: &str, mnt: &Path, counts: &Path) {
+    run_unionfs(&["-o", opts], mnt, Some(counts));
+}
+
+/// Runs the unionfs binary with `args` then `mnt` (it daemonises once the
+/// mount is live), with `UNIONFS_OPSTATS=counts` if given; asserts success.
+fn run_unionfs(args: &[&str], mnt: &Path, counts: Option<&Path>) {
+    let mut cmd = Command::new(unionfs_bin());
+    if let Some(c) = counts {
+        cmd.env("UNIONFS_OPSTATS", c);
+    }
+    let out = cmd.args(args).arg(mnt).output().expect("run unionfs");
+    assert!(
+        out.status.success(),
+        "unionfs {args:?} {} failed: {}",
+        mnt.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The request counts a daemon mounted by [`mount_counting`] wrote as it
+/// ended (after its unmount): waits up to 10 s for them.
+pub fn request_counts(counts: &Path) -> String {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(t) = fs::read_to_string(counts) {
+            return t;
+        }
+        assert!(
+            Instant::now() < until,
+            "the daemon wrote no request counts to {}",
+            counts.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
