@@ -554,7 +554,8 @@ mod tests {
             .collect()
     }
 
-    /// A file of `data` in TMPDIR, flushed and evicted from the page cache.
+    /// A file of `data` in TMPDIR, flushed and evicted from the page cache
+    /// (checked: the tests need TMPDIR on a disk file system).
     fn cold_file(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> File {
         let path = dir.path().join(name);
         let mut f = File::create(&path).expect("create");
@@ -568,6 +569,12 @@ mod tests {
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         )
         .expect("evict");
+        assert_eq!(
+            sys::cached_pages(f.as_fd(), 0, data.len() as u64).expect("cachestat"),
+            0,
+            "this test needs TMPDIR on a disk file system ({} stayed cached)",
+            path.display()
+        );
         f
     }
 
@@ -593,12 +600,6 @@ mod tests {
         let b = pattern(2 * CHUNK + 123, 5);
         let fa = cold_file(&dir, "a", &a);
         let fb = cold_file(&dir, "b", &b);
-        assert_eq!(
-            sys::cached_pages(fa.as_fd(), 0, a.len() as u64).expect("cachestat"),
-            0,
-            "this test needs TMPDIR on a disk file system ({} stayed cached)",
-            dir.path().display()
-        );
         let (sa, sb) = (
             Arc::new(ReadState::default()),
             Arc::new(ReadState::default()),
@@ -649,12 +650,6 @@ mod tests {
         let data = pattern(2 * CHUNK, 11);
         let cold = cold_file(&dir, "cold", &data);
         let warm = cold_file(&dir, "warm", &data);
-        assert_eq!(
-            sys::cached_pages(cold.as_fd(), 0, data.len() as u64).expect("cachestat"),
-            0,
-            "this test needs TMPDIR on a disk file system ({} stayed cached)",
-            dir.path().display()
-        );
         std::io::copy(&mut &warm, &mut std::io::sink()).expect("warm the file");
         let want = 128 << 10;
         for (f, name, around) in [(&cold, "cold", true), (&warm, "cached", false)] {
